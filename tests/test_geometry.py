@@ -1,0 +1,297 @@
+"""Tests of validate.geometry on synthetic trajectories of known structure (reference section 5.2, 5.3)."""
+import numpy as np
+import pytest
+
+from validate import geometry as g
+
+
+def smooth_curve_in_subspace(k=3, ambient_dim=2000, n_snapshots=41, noise=1e-4, seed=0):
+    """A smooth closed-form curve whose coordinates live in a random k-dim subspace, plus isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((ambient_dim, k)))
+    t = np.linspace(0.0, 1.0, n_snapshots)
+    coordinates = np.stack([np.sin((j + 1) * np.pi * t + j) / (j + 1) for j in range(k)], axis=1)
+    return coordinates @ basis.T + noise * rng.standard_normal((n_snapshots, ambient_dim))
+
+
+def random_walk(ambient_dim=2000, n_snapshots=41, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.standard_normal((n_snapshots, ambient_dim)), axis=0)
+
+
+# ---------------------------------------------------------------- dimension ------------------------------
+
+def test_effective_dimension_of_smooth_curve_is_at_most_its_subspace_dimension():
+    # noise 1e-4 per coordinate: its variance (2000 * 1e-8) is ~1e-4 of the curve's, far below the 10% a
+    # q = 0.9 threshold tolerates, and its increment energy ~ 4e-5 against ~ 5e-3 per smooth increment.
+    for k in (1, 2, 3, 4):
+        X = smooth_curve_in_subspace(k=k)
+        assert 1 <= g.effective_dimension(X, q=0.9) <= k
+        assert 1 <= g.increment_dimension(X, q=0.9) <= k
+
+
+def test_effective_dimension_exact_cases():
+    line = np.outer(np.arange(10.0), np.ones(5))
+    assert g.effective_dimension(line) == 1
+    assert g.effective_dimension(np.ones((6, 4))) == 0  # nothing moves
+    X = np.zeros((4, 3))
+    X[1, 0], X[2, 1], X[3, 2] = 1.0, 1.0, 1.0  # simplex corners: 3 equal variances after centring
+    assert g.effective_dimension(X, q=0.9) == 3
+    assert g.effective_dimension(X, q=0.6) == 2
+    assert g.effective_dimension(X, q=1.0) == 3
+
+
+def test_r_q_is_invariant_to_permuting_snapshots():
+    # the paper code's "shuffled-order control" permutes snapshots: PCA ignores sample order, so it cannot fail
+    rng = np.random.default_rng(1)
+    for X in (smooth_curve_in_subspace(k=3), random_walk()):
+        permuted = X[rng.permutation(len(X))]
+        assert g.effective_dimension(permuted) == g.effective_dimension(X)
+        np.testing.assert_allclose(g.variance_spectrum(permuted), g.variance_spectrum(X), rtol=1e-9, atol=1e-9)
+        assert g.participation_ratio(permuted) == pytest.approx(g.participation_ratio(X), rel=1e-9)
+
+
+def test_spectrum_from_increment_gram_matches_direct_pca():
+    for X in (smooth_curve_in_subspace(k=3), random_walk(ambient_dim=300, n_snapshots=25)):
+        direct = g.variance_spectrum(X)
+        via_increments = g.spectrum_from_increment_gram(g.increment_gram(X))
+        np.testing.assert_allclose(via_increments, direct, rtol=1e-8, atol=1e-10 * direct.max())
+
+
+def test_joint_trajectory_gram_is_sum_of_block_grams():
+    a, b = random_walk(ambient_dim=200, seed=1), random_walk(ambient_dim=300, seed=2)
+    joint = np.concatenate([a, b], axis=1)
+    np.testing.assert_allclose(g.increment_gram(a) + g.increment_gram(b), g.increment_gram(joint),
+                               rtol=1e-10, atol=1e-10)  # float64 summation order
+
+
+def test_random_walk_looks_low_dimensional_by_r90_alone():
+    # Antognini & Sohl-Dickstein 2018: PC variance fractions ~ 6/(pi^2 k^2), so r90 = 6 whatever n is. This is
+    # why r90 must be compared with a null model rather than with a fixed number.
+    r90 = [g.effective_dimension(random_walk(ambient_dim=5000, n_snapshots=41, seed=s)) for s in range(10)]
+    assert 4 <= np.mean(r90) <= 8
+    assert np.mean(r90) < 0.25 * 40
+
+
+def test_increment_dimension_separates_random_walk_from_subspace_curve():
+    # an isotropic walk in D >> n has nearly orthogonal increments: increment r90 ~ 0.9 (n - 1) = 36
+    assert g.increment_dimension(random_walk(ambient_dim=5000, n_snapshots=41)) >= 30
+    assert g.increment_dimension(smooth_curve_in_subspace(k=3)) <= 3
+
+
+def test_capped_code_variant_and_entropy_rank():
+    spectrum = 6 / (np.pi ** 2 * np.arange(1, 10001) ** 2)  # the random-walk limit (sum -> 1)
+    assert g.rank_at_fraction(spectrum, 0.9) == 6
+    assert g.capped_rank_at_fraction(spectrum, 0.9) == 6
+    flat = np.ones(40)  # 8 components hold 20%: the code's measure saturates at 9
+    assert g.capped_rank_at_fraction(flat, 0.9) == 9
+    assert g.rank_at_fraction(flat, 0.9) == 36
+    # the code's entropy effective rank of a random walk is ~ 23 for 41 snapshots (reference section 2.5)
+    ranks = [g.entropy_effective_rank(random_walk(ambient_dim=5000, seed=s)) for s in range(5)]
+    assert 18 <= np.mean(ranks) <= 27
+
+
+def test_prefix_window_curves_and_collapse_index():
+    X = smooth_curve_in_subspace(k=2)
+    G = g.increment_gram(X)
+    prefix = g.prefix_dimension_curve(G, min_snapshots=3)
+    assert len(prefix) == len(X) - 2
+    assert prefix[-1] == g.effective_dimension(X)
+    window = g.window_dimension_curve(G, window=10)
+    assert len(window) == len(X) - 9
+    assert window[0] == g.effective_dimension(X[:10])
+    assert g.collapse_index([9, 8, 7, 5, 4, 4, 6, 4, 5], final_value=4, slack=1) == 7
+    assert g.collapse_index([3, 3, 3], final_value=3) == 0
+
+
+# ---------------------------------------------------------------- null models -----------------------------
+
+def test_bartlett_cosines_match_explicit_gaussian_vectors():
+    # E[cos^2] = 1/D for independent isotropic vectors; the Bartlett path (D >= n) and the explicit path must
+    # agree with it. 3000 draws of 45 pairs: relative s.e. of the mean ~ sqrt(2)/sqrt(3000*45) ~ 0.4%.
+    rng = np.random.default_rng(0)
+    n, dim = 10, 50
+    off_diagonal = ~np.eye(n, dtype=bool)
+    for ambient in (dim, n - 1):  # Bartlett, then the explicit fallback (D < n)
+        values = np.concatenate([g._isotropic_cosines(n, ambient, rng)[off_diagonal] for _ in range(3000)])
+        assert np.mean(values ** 2) == pytest.approx(1.0 / ambient, rel=0.03)
+        assert abs(np.mean(values)) < 4 * np.std(values) / np.sqrt(values.size / 2)
+
+
+def test_random_walk_null_matches_simulated_walks():
+    # the Wishart-based null's r90 / PR distribution equals that of explicit walks in the same dimension
+    dim, n = 400, 30
+    explicit = [g.trajectory_statistics(g.increment_gram(random_walk(dim, n, seed=s))) for s in range(300)]
+    G = g.increment_gram(random_walk(dim, n, seed=999))
+    rng = np.random.default_rng(5)
+    nulls = [g.trajectory_statistics(g.null_increment_gram(G, "random_walk", dim, rng)) for _ in range(300)]
+    for key in ("r_q", "participation_ratio", "pc1_fraction"):
+        a, b = np.array([e[key] for e in explicit]), np.array([e[key] for e in nulls])
+        standard_error = np.sqrt(a.var() / a.size + b.var() / b.size)
+        # matched norms remove the chi-square spread of step sizes, a small effect; 4 s.e. covers both
+        assert abs(a.mean() - b.mean()) < 4 * standard_error + 0.02 * abs(a.mean()), key
+
+
+def test_nulls_keep_increment_norms():
+    G = g.increment_gram(smooth_curve_in_subspace(k=3))
+    rng = np.random.default_rng(0)
+    for kind in g.NULL_KINDS:
+        null = g.null_increment_gram(G, kind, ambient_dim=2000, rng=rng)
+        np.testing.assert_allclose(np.sort(np.diag(null)), np.sort(np.diag(G)), rtol=1e-12)
+    with pytest.raises(ValueError, match="null kind"):
+        g.null_increment_gram(G, "snapshots_shuffled", 2000, rng)
+
+
+def persistent_trajectory(k=10, ambient_dim=2000, n_snapshots=41, width=3.0, seed=0):
+    """Unit increments whose direction turns slowly through k orthonormal directions (a smooth drifting arc)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((ambient_dim, k)))
+    t = np.arange(n_snapshots - 1)[:, None]
+    weights = np.exp(-(t - np.linspace(0, n_snapshots - 2, k)[None]) ** 2 / (2 * width ** 2))
+    increments = (weights / np.linalg.norm(weights, axis=1, keepdims=True)) @ basis.T
+    return np.vstack([np.zeros(ambient_dim), np.cumsum(increments, axis=0)])
+
+
+def test_null_calibration_flags_structure_and_not_a_random_walk():
+    for X in (smooth_curve_in_subspace(k=2), persistent_trajectory()):
+        structured = g.null_calibration(g.increment_gram(X), 2000, n_draws=200)
+        assert structured["random_walk"]["r_q"].p_low < 0.05
+        assert structured["random_walk"]["participation_ratio"].p_low < 0.05
+        assert structured["random_walk"]["increment_r_q"].p_low < 0.05
+        # shuffles and sign flips keep the set of increment directions: the increment dimension is unchanged
+        for kind in ("shuffled_increments", "sign_flipped_increments"):
+            assert structured[kind]["increment_r_q"].null_sd == 0.0
+            assert structured[kind]["increment_r_q"].z == 0.0
+    # shuffling the increments of a drifting arc lines its common drift up: the shuffled walk is straighter
+    # than the arc itself, so N2 is no lower bound; a low r_q relative to N2 is a separate, stronger claim
+    arc = g.null_calibration(g.increment_gram(persistent_trajectory()), 2000, n_draws=200)
+    assert arc["shuffled_increments"]["r_q"].null_mean < arc["shuffled_increments"]["r_q"].observed
+    # a real random walk is typical of all three nulls: p-values well away from 0 on every statistic
+    walk = g.null_calibration(g.increment_gram(random_walk(2000, seed=3)), 2000, n_draws=200, seed=1)
+    for kind in g.NULL_KINDS:
+        assert walk[kind]["r_q"].p_low > 0.01
+        assert walk[kind]["participation_ratio"].p_low > 0.01
+
+
+def test_null_p_values_are_calibrated_for_random_walks():
+    # under the null the one-sided p-value of r_q is (super-)uniform: P(p <= 0.1) <= 0.1 up to binomial noise
+    # (60 walks: sd of the fraction ~ 0.04, so 0.1 + 2.5 sd = 0.2)
+    p_values = [g.null_calibration(g.increment_gram(random_walk(500, 25, seed=s)), 500, n_draws=60,
+                                   seed=100 + s, kinds=("random_walk",))["random_walk"]["participation_ratio"].p_low
+                for s in range(60)]
+    assert np.mean(np.array(p_values) <= 0.1) <= 0.2
+
+
+def test_null_comparison_degenerate_null():
+    assert g.NullComparison.of(3.0, [3.0, 3.0, 3.0]).z == 0.0
+    assert g.NullComparison.of(2.0, [3.0, 3.0]).z == -np.inf
+    comparison = g.NullComparison.of(0.0, np.arange(1.0, 100.0))
+    assert comparison.p_low == pytest.approx(1 / 100)
+
+
+# ---------------------------------------------------------------- orientation -----------------------------
+
+def test_subspace_overlap_limits_and_random_expectation():
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((500, 3)))
+    assert g.subspace_overlap(U, U) == pytest.approx(1.0)
+    assert g.subspace_overlap(U, U[:, ::-1] @ np.diag([1, -1, 1])) == pytest.approx(1.0)  # basis-invariant
+    E = np.eye(500)
+    assert g.subspace_overlap(E[:, :3], E[:, 3:6]) == 0.0
+    overlaps = g.random_subspace_overlaps(500, 3, n_draws=2000, seed=1)
+    # mean K/D = 0.006; its s.e. over 2000 draws is ~ (sqrt(2)/D)/sqrt(2000) ~ 6e-5, 4 s.e. ~ 4% of the mean
+    assert overlaps.mean() == pytest.approx(3 / 500, rel=0.05)
+
+
+def test_principal_directions_recover_the_subspace():
+    X = smooth_curve_in_subspace(k=3, noise=1e-6, seed=4)
+    rng = np.random.default_rng(4)
+    true_basis, _ = np.linalg.qr(rng.standard_normal((2000, 3)))  # the same draw as inside the generator
+    U = g.principal_directions(X, 3)
+    np.testing.assert_allclose(U.T @ U, np.eye(3), atol=1e-8)
+    assert g.subspace_overlap(U, true_basis) > 0.999
+    assert g.pc_coordinates(X, 2).shape == (len(X), 2)
+
+
+# ---------------------------------------------------------------- attention and routing -------------------
+
+def test_attention_concentration_metrics():
+    T = 16
+    uniform = np.full((5, T), 1.0 / T)
+    np.testing.assert_allclose(g.attention_entropy(uniform), np.log(T), rtol=1e-7)
+    np.testing.assert_allclose(g.top_k_mass(uniform, 4), 4 / T)
+    one_hot = np.eye(T)[[3, 7]]
+    np.testing.assert_allclose(g.attention_entropy(one_hot), 0.0, atol=1e-7)
+    mask = np.zeros((2, T))
+    mask[0, 3] = mask[1, 7] = 1
+    np.testing.assert_allclose(g.target_mass(one_hot, mask), 1.0)
+    with pytest.raises(ValueError):
+        g.top_k_mass(uniform, 0)
+
+
+def softmax_entropy_along_a_ray(n_snapshots=41, n_keys=16):
+    """Logits s_j = r u_j for a fixed u with r swept linearly: the entropy falls and saturates near 0."""
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(n_keys)
+    r = np.linspace(0.0, 12.0, n_snapshots)
+    logits = np.outer(r, u)
+    A = np.exp(logits - logits.max(axis=1, keepdims=True))
+    A /= A.sum(axis=1, keepdims=True)
+    return r, g.attention_entropy(A)
+
+
+def test_saturation_fit_on_a_softmax_ray():
+    r, H = softmax_entropy_along_a_ray()
+    fit = g.fit_saturation(r, H)
+    # H(r) along a ray is sigmoid-like but not exactly logistic; the measured R^2 is 0.99+, and the late slope
+    # is ~1% of the peak slope (saturation). Orientation of r must not matter:
+    assert fit.r_squared > 0.97
+    assert fit.late_slope_ratio < 0.1
+    assert fit.h_min < fit.h_max
+    flipped = g.fit_saturation(-r, H)
+    assert flipped.r_squared == pytest.approx(fit.r_squared, abs=1e-3)
+    assert flipped.late_slope_ratio == pytest.approx(fit.late_slope_ratio, abs=1e-3)
+    # a straight decline (no saturation) has a late slope close to the peak slope
+    linear = g.fit_saturation(r, 3.0 - 0.2 * r)
+    assert linear.late_slope_ratio > 0.5
+
+
+def test_routing_coordinate_finds_the_tracking_coordinate():
+    r, H = softmax_entropy_along_a_ray()
+    rng = np.random.default_rng(2)
+    candidates = rng.standard_normal((len(r), 6))
+    candidates[:, 4] = -r + 0.05 * rng.standard_normal(len(r))
+    result = g.routing_coordinate(candidates, H, n_permutations=500, seed=0)
+    assert result.index == 4
+    assert result.rho > 0.95  # -r rises while H falls
+    assert result.p_value < 0.01
+
+
+def test_routing_coordinate_p_value_is_calibrated_on_noise():
+    # independent white-noise candidates and entropy: P(p <= 0.1) ~ 0.1 (100 trials, binomial sd 0.03)
+    rng = np.random.default_rng(3)
+    p_values = [g.routing_coordinate(rng.standard_normal((30, 5)), rng.standard_normal(30), n_permutations=200,
+                                     block_length=1, seed=s).p_value for s in range(100)]
+    assert 0.02 <= np.mean(np.array(p_values) <= 0.1) <= 0.2
+
+
+def test_spearman_and_block_permutation():
+    assert g.spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)
+    order = g.block_permutation(10, 3, np.random.default_rng(0))
+    assert sorted(order) == list(range(10))
+
+
+# ---------------------------------------------------------------- bad input -------------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: g.effective_dimension(np.zeros(5)), "2-D"),
+    (lambda: g.effective_dimension(np.zeros((1, 5))), "at least 2"),
+    (lambda: g.effective_dimension(np.ones((3, 3)), q=1.5), "q must be"),
+    (lambda: g.effective_dimension(np.full((3, 3), np.nan)), "NaN"),
+    (lambda: g.principal_directions(np.ones((3, 3)), 5), "k must be"),
+    (lambda: g.window_dimension_curve(np.eye(4), window=9), "window"),
+    (lambda: g.routing_coordinate(np.ones((5, 2)), np.ones(4)), "candidates"),
+])
+def test_bad_input_raises_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
