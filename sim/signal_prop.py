@@ -1,0 +1,362 @@
+"""Numerics of the signal-propagation map, compiled from theory.signal_prop's SymPy expressions.
+
+Nothing here retypes a formula: every map, kernel, integrand and exponent is `sympy.lambdify`-ed with
+`modules="math"` and `cse=True`, then `numba.njit`-ed (`compile_expression`).  What sim/ adds is numerical
+procedure: composite Gauss-Legendre quadrature of Gaussian integrals, Monte Carlo of the finite-n softmax
+expectations, iteration over depth, root finding, and Numba-parallel grids.
+
+Public API (DESIGN.md):
+    propagate(h, depth, q0=1.0, rho0=0.5)  -> Trajectory(q, p, rho, jacobian)
+    exponents(h)                           -> Exponents(angle, gradient)
+    exponent_grid(base, x_field, x_values, y_field, y_values) -> (angle, gradient) 2-D arrays
+    critical_point(base, free=("alpha", "sigma_w"))
+    attention_moments(n_tokens, rho, sigma_A)  (Monte Carlo of the six softmax expectations)
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import sympy as sp
+from numpy.polynomial.legendre import leggauss
+
+from theory import signal_prop as T
+from theory.signal_prop import BlockParams
+
+# Argument order shared by every compiled block function.
+PARAM_SYMBOLS = (T.alpha_A, T.alpha_M, T.sigma_A, T.sigma_V, T.sigma_w, T.sigma_2, T.a_A, T.a_M, T.n)
+STATE_SYMBOLS = (T.q, T.p, T.Qt, T.Pt)
+KERNEL_SYMBOLS = (T.mlp_q, T.mlp_p, T.mlp_slope, T.mlp_slope_off)
+
+# Composite Gauss-Legendre on [-9, 9] (the N(0, 1) mass outside is 2e-19): steep activations such as
+# tanh(8 z) have poles near the real axis that ruin Gauss-Hermite, while 8-point panels of width 0.12
+# reach ~1e-11 relative error at sigma_w = 8 (convergence test in tests/test_signal_prop_sim.py).
+QUADRATURE_PANELS_1D = 150
+QUADRATURE_PANELS_2D = 100    # per dimension
+QUADRATURE_ORDER = 8
+QUADRATURE_HALF_WIDTH = 9.0
+MONTE_CARLO_SAMPLES = 16384   # softmax samples for the finite-n attention moments
+
+
+def compile_expression(expr, args):
+    """lambdify(args, expr, modules="math", cse=True) then numba.njit.  A tuple expr returns a tuple."""
+    return numba.njit(sp.lambdify(args, expr, modules="math", cse=True))
+
+
+def _params_vector(h: BlockParams) -> tuple:
+    return (h.alpha_A, h.alpha_M, h.sigma_A, h.sigma_V, h.sigma_w, h.sigma_2, h.skip_A, h.skip_M,
+            h.n_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------
+# MLP kernels: closed forms compiled, or quadrature of compiled integrands
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompiledKernel:
+    """njit functions diagonal(sw, s2), slope(sw, s2), value(rho, sw, s2), derivative(rho, sw, s2)."""
+
+    diagonal: object
+    slope: object
+    value: object
+    derivative: object
+
+
+def gaussian_quadrature(panels: int, order: int = QUADRATURE_ORDER, half_width: float = QUADRATURE_HALF_WIDTH):
+    """Nodes and weights of E_{z ~ N(0,1)} f(z): composite Gauss-Legendre on [-half_width, half_width]."""
+    x, w = leggauss(order)
+    edges = np.linspace(-half_width, half_width, panels + 1)
+    width = edges[1] - edges[0]
+    nodes = (edges[:-1, None] + width * (x[None, :] + 1) / 2).ravel()
+    weights = np.tile(w * width / 2, panels) * np.exp(-nodes**2 / 2) / math.sqrt(2 * math.pi)
+    return nodes, weights
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_kernel(activation) -> CompiledKernel:
+    """The MLP Gaussian kernel of `activation` (a name or a sympy.Lambda) as njit functions."""
+    kernel = T.mlp_kernel(activation)
+    sw, s2 = T.sigma_w, T.sigma_2
+    if kernel.closed_form:
+        return CompiledKernel(
+            diagonal=compile_expression(kernel.diagonal, (sw, s2)),
+            slope=compile_expression(T.mlp_slope_at_collapse(kernel), (sw, s2)),
+            value=compile_expression(kernel.value, (T.rho, sw, s2)),
+            derivative=compile_expression(kernel.derivative, (T.rho, sw, s2)),
+        )
+    x1, w1 = gaussian_quadrature(QUADRATURE_PANELS_1D)
+    x2, w2 = gaussian_quadrature(QUADRATURE_PANELS_2D)
+    f_diag = compile_expression(kernel.integrands["diagonal"], (T.z, sw, s2))
+    f_slope = compile_expression(kernel.integrands["slope_at_collapse"], (T.z, sw, s2))
+    f_value = compile_expression(kernel.integrands["value"], (T.z1, T.z2, T.rho, sw, s2))
+    f_deriv = compile_expression(kernel.integrands["derivative"], (T.z1, T.z2, T.rho, sw, s2))
+
+    def one_d(f):
+        @numba.njit
+        def integral(sigma_w, sigma_2):
+            acc = 0.0
+            for i in range(x1.size):
+                acc += w1[i] * f(x1[i], sigma_w, sigma_2)
+            return acc
+        return integral
+
+    def two_d(f):
+        @numba.njit
+        def integral(rho, sigma_w, sigma_2):
+            r = min(1.0, max(-1.0, rho))
+            acc = 0.0
+            for i in range(x2.size):
+                inner = 0.0
+                for j in range(x2.size):
+                    inner += w2[j] * f(x2[i], x2[j], r, sigma_w, sigma_2)
+                acc += w2[i] * inner
+            return acc
+        return integral
+
+    return CompiledKernel(one_d(f_diag), one_d(f_slope), two_d(f_value), two_d(f_deriv))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention: finite-n softmax expectations by Monte Carlo (theory.signal_prop.attention_moment_integral)
+# ----------------------------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=False)
+def _softmax_moments(shared, private_i, private_k, s, t):
+    """Monte Carlo of the six softmax moments of T.ATTENTION_MOMENTS for logits s a_j + t b_j (row i)
+    and s a_j + t c_j (row k); both rows are used for the single-row moments (same law)."""
+    n_samples, n = shared.shape
+    partial = np.zeros((n_samples, 6))
+    for m in numba.prange(n_samples):
+        li = s * shared[m] + t * private_i[m]
+        lk = s * shared[m] + t * private_k[m]
+        ai = np.exp(li - li.max())
+        ak = np.exp(lk - lk.max())
+        ai /= ai.sum()
+        ak /= ak.sum()
+        self_i, self_k = np.sum(ai * ai), np.sum(ak * ak)
+        cross = np.sum(ai * ak)
+        partial[m, 0] = 0.5 * (self_i + self_k)
+        partial[m, 1] = cross
+        partial[m, 2] = 0.5 * (np.sum(ai**3) + np.sum(ak**3))
+        partial[m, 3] = 0.5 * (self_i**2 + self_k**2)
+        partial[m, 4] = 0.5 * (np.sum(ai * ai * ak) + np.sum(ak * ak * ai))
+        partial[m, 5] = cross**2
+    means = np.zeros(6)
+    for c in range(6):
+        means[c] = partial[:, c].mean()
+    return means
+
+
+@functools.lru_cache(maxsize=8)
+def _common_random_numbers(n_tokens: int, n_samples: int, seed: int):
+    """Fixed standard normals, so the moments are smooth deterministic functions of (rho, sigma_A)."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal((n_samples, n_tokens)) for _ in range(3))
+
+
+_logit_stds = compile_expression((T.logit_shared_std, T.logit_private_std), (T.rho, T.sigma_A))
+_large_n_moments = compile_expression(tuple(T.attention_moments_large_n[m] for m in T.ATTENTION_MOMENTS),
+                                      (T.rho, T.sigma_A, T.n))
+
+
+def attention_moments(n_tokens: int, rho: float, sigma_A: float, method: str = "monte_carlo",
+                      n_samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> np.ndarray:
+    """The six expectations of theory.signal_prop.ATTENTION_MOMENTS at cosine rho.
+
+    method="monte_carlo": exact at finite n up to Monte Carlo error (common random numbers, `seed`);
+    method="large_n": the limit-[N] closed forms.
+    """
+    r = min(1.0, max(0.0, float(rho)))
+    if method == "large_n":
+        return np.array(_large_n_moments(r, sigma_A, n_tokens))
+    if method != "monte_carlo":
+        raise ValueError(f"method={method!r}: allowed values are ('monte_carlo', 'large_n')")
+    s, t = _logit_stds(r, sigma_A)
+    return _softmax_moments(*_common_random_numbers(n_tokens, n_samples, seed), s, t)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The block map over depth
+# ----------------------------------------------------------------------------------------------------
+_BLOCK = T.block_map()
+_ARGS = STATE_SYMBOLS + T.ATTENTION_MOMENTS + KERNEL_SYMBOLS + PARAM_SYMBOLS
+_attention_step = compile_expression((_BLOCK.q1, _BLOCK.p1), _ARGS)
+_block_step = compile_expression((_BLOCK.q_out, _BLOCK.p_out, _BLOCK.Qt_out, _BLOCK.Pt_out), _ARGS)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Order parameters after each block (index 0 = input).  jacobian[l] = E|dX_l/dX_0|_F^2 / (n d)."""
+
+    q: np.ndarray
+    p: np.ndarray
+    rho: np.ndarray
+    jacobian: np.ndarray
+
+
+def _check_positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+
+
+def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
+              attention: str = "finite", n_samples: int = MONTE_CARLO_SAMPLES, seed: int = 0
+              ) -> Trajectory:
+    """Iterate the one-block map `depth` times from a simplex (q0, q0 rho0), with the tangent map started
+    from an isotropic probe (Qt = 1, Pt = 0) so that `jacobian` tracks E|dX_l/dX_0|_F^2 / (n d).
+
+    attention="finite" uses the Monte Carlo softmax moments at n = h.n_tokens (exact in limit [W]);
+    "large_n" their limit-[N] closed forms.
+    """
+    if not isinstance(h, BlockParams):
+        raise ValueError(f"h={h!r}: must be a theory.signal_prop.BlockParams")
+    _check_positive_int("depth", depth, 0)
+    if not (isinstance(q0, (int, float)) and q0 > 0 and math.isfinite(q0)):
+        raise ValueError(f"q0={q0!r}: must be a finite number > 0")
+    if not (isinstance(rho0, (int, float)) and 0.0 <= rho0 <= 1.0):
+        raise ValueError(f"rho0={rho0!r}: must lie in [0, 1]")
+    if attention not in ("finite", "large_n"):
+        raise ValueError(f"attention={attention!r}: allowed values are ('finite', 'large_n')")
+    method = "monte_carlo" if attention == "finite" else "large_n"
+    kernel = compiled_kernel(h.activation)
+    params = _params_vector(h)
+    q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
+    slope = kernel.slope(h.sigma_w, h.sigma_2)
+    q, p, Qt, Pt = float(q0), float(q0 * rho0), 1.0, 0.0
+    out = np.empty((depth + 1, 4))
+    out[0] = q, p, p / q, Qt
+    for layer in range(1, depth + 1):
+        moments = attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, seed)
+        q1, p1 = _attention_step(q, p, Qt, Pt, *moments, 0.0, 0.0, 0.0, 0.0, *params)
+        rho1 = min(1.0, p1 / q1)
+        kernel_values = (q_M, kernel.value(rho1, h.sigma_w, h.sigma_2), slope,
+                         kernel.derivative(rho1, h.sigma_w, h.sigma_2))
+        q, p, Qt, Pt = _block_step(q, p, Qt, Pt, *moments, *kernel_values, *params)
+        out[layer] = q, p, p / q, Qt
+    return Trajectory(q=out[:, 0], p=out[:, 1], rho=out[:, 2], jacobian=out[:, 3])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Exponents at collapse
+# ----------------------------------------------------------------------------------------------------
+_EXPONENT_ARGS = (T.q, T.mlp_q, T.mlp_slope) + PARAM_SYMBOLS
+_multipliers_at_q = compile_expression((T.angle_multiplier, T.gradient_multiplier), _EXPONENT_ARGS)
+_multipliers_normalized = compile_expression(
+    tuple(e.subs(T.q, T.q_star_collapse) for e in (T.angle_multiplier, T.gradient_multiplier)),
+    _EXPONENT_ARGS)
+_skip_normalized = compile_expression(T.residual_coefficient(T.alpha_A, "normalized"), (T.alpha_A,))
+
+
+@dataclass(frozen=True)
+class Exponents:
+    """Per-block Lyapunov exponents (natural log) of the linearisation at collapse.
+
+    angle:    growth rate of epsilon = 1 - rho (the squared inter-token angle), T.angle_multiplier.
+    gradient: growth rate of E|dX_L/dX_0|_F^2 (its dominant, common mode), T.gradient_multiplier.
+    q:        the collapsed norm at which they are evaluated.
+    """
+
+    angle: float
+    gradient: float
+    q: float
+
+
+def exponents(h: BlockParams, q: float | None = None) -> Exponents:
+    """Angle and gradient exponents of `h` at the collapsed state (rho = 1) with norm q.
+
+    q=None: the collapsed fixed point q* for residual="normalized"; for "plain", whose norm grows without
+    bound (no fixed point, power-law rather than exponential dynamics), q = 1, the norm of LN'd inputs,
+    i.e. the first block of a network fed unit-norm tokens.  Neither exponent depends on n or sigma_A:
+    at collapse the attention is exactly uniform.
+    """
+    if not isinstance(h, BlockParams):
+        raise ValueError(f"h={h!r}: must be a theory.signal_prop.BlockParams")
+    kernel = compiled_kernel(h.activation)
+    q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
+    slope = kernel.slope(h.sigma_w, h.sigma_2)
+    params = _params_vector(h)
+    if q is None and h.residual == "normalized":
+        q_value = float(T.q_star_collapse.subs(T.mlp_q, q_M).subs(h.substitutions()))
+        angle, gradient = _multipliers_normalized(q_value, q_M, slope, *params)
+    else:
+        q_value = 1.0 if q is None else float(q)
+        if not q_value > 0:
+            raise ValueError(f"q={q!r}: must be > 0")
+        angle, gradient = _multipliers_at_q(q_value, q_M, slope, *params)
+    return Exponents(angle=math.log(angle), gradient=math.log(gradient), q=q_value)
+
+
+GRID_FIELDS = T.NUMERIC_FIELDS + ("alpha",)     # "alpha" sets alpha_A = alpha_M together
+
+
+def _grid_kernel(activation, normalized: bool):
+    kernel = compiled_kernel(activation)
+    diagonal, slope = kernel.diagonal, kernel.slope
+    multipliers = _multipliers_normalized if normalized else _multipliers_at_q
+    skip = _skip_normalized
+
+    @numba.njit(parallel=True)
+    def grid(P, q_value, n_tokens, angle_out, gradient_out):
+        for k in numba.prange(P.shape[0]):
+            alpha_a, alpha_m, s_a, s_v, s_w, s_2 = P[k, 0], P[k, 1], P[k, 2], P[k, 3], P[k, 4], P[k, 5]
+            q_m = diagonal(s_w, s_2)
+            chi = slope(s_w, s_2)
+            if normalized:
+                skip_a, skip_m = skip(alpha_a), skip(alpha_m)
+            else:
+                skip_a, skip_m = 1.0, 1.0
+            a, g = multipliers(q_value, q_m, chi, alpha_a, alpha_m, s_a, s_v, s_w, s_2, skip_a, skip_m,
+                               n_tokens)
+            angle_out[k] = math.log(a)
+            gradient_out[k] = math.log(g)
+    return grid
+
+
+_GRID_KERNELS: dict = {}
+
+
+def grid_points(base: BlockParams, x_field: str, x_values, y_field: str, y_values) -> np.ndarray:
+    """(len(y) * len(x), 6) array of the numeric fields at every grid point, validated."""
+    for name, field in (("x_field", x_field), ("y_field", y_field)):
+        if field not in GRID_FIELDS:
+            raise ValueError(f"{name}={field!r}: allowed values are {GRID_FIELDS}")
+    xs, ys = np.asarray(x_values, float), np.asarray(y_values, float)
+    if xs.ndim != 1 or ys.ndim != 1 or xs.size == 0 or ys.size == 0:
+        raise ValueError("x_values and y_values must be non-empty 1-D sequences")
+    base_row = np.array([getattr(base, f) for f in T.NUMERIC_FIELDS], float)
+    P = np.tile(base_row, (ys.size, xs.size, 1))
+    for field, values, axis in ((x_field, xs, 1), (y_field, ys, 0)):
+        shaped = values[None, :] if axis == 1 else values[:, None]
+        columns = [0, 1] if field == "alpha" else [T.NUMERIC_FIELDS.index(field)]
+        for c in columns:
+            P[:, :, c] = shaped
+    P = P.reshape(-1, len(T.NUMERIC_FIELDS))
+    bad = ~np.isfinite(P) | (P < 0)
+    if base.residual == "normalized":
+        bad[:, :2] |= P[:, :2] > 1
+    if bad.any():
+        column = T.NUMERIC_FIELDS[int(np.argwhere(bad)[0, 1])]
+        raise ValueError(f"grid value of {column} outside its allowed range (>= 0, finite"
+                         + (", <= 1 for alpha with residual='normalized')" if base.residual ==
+                            "normalized" else ")"))
+    return P
+
+
+def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_values,
+                  q: float | None = None):
+    """Both exponents on the grid y_values x x_values of two BlockParams fields (Numba parallel).
+
+    Returns (angle, gradient), arrays of shape (len(y_values), len(x_values)); same convention for q as
+    `exponents`.
+    """
+    P = grid_points(base, x_field, x_values, y_field, y_values)
+    normalized = base.residual == "normalized" and q is None
+    key = (base.activation, normalized)
+    if key not in _GRID_KERNELS:
+        _GRID_KERNELS[key] = _grid_kernel(base.activation, normalized)
+    q_value = 1.0 if q is None else float(q)
+    angle, gradient = np.empty(len(P)), np.empty(len(P))
+    _GRID_KERNELS[key](P, q_value, float(base.n_tokens), angle, gradient)
+    shape = (len(np.atleast_1d(y_values)), len(np.atleast_1d(x_values)))
+    return angle.reshape(shape), gradient.reshape(shape)
