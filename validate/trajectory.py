@@ -1,0 +1,125 @@
+"""Training on the marker task while recording the attention-weight trajectory (Xu 2026, section 3.3).
+
+The paper's "trajectory" is the sequence of snapshots of W_Q, W_K, W_V, W_O of every layer (reference
+section 2.4). Snapshots must be real copies: the released code stores `W.detach().cpu()`, which on a CPU
+tensor returns the live parameter itself, so with in-place optimizer updates every stored "snapshot" equals
+the final weights (reference section 3, item 11). `TrajectoryRecorder` copies, and a test checks that
+snapshots taken at different steps differ on CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from validate.modular import MarkerTransformer, ModelConfig, TaskConfig, cross_entropy_and_accuracy, sample_batch
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """optimizer "adamw" (the released code: lr 3e-4, PyTorch's default weight decay 0.01) or "sgd" (the paper
+    text: plain SGD, lr 1e-3). A snapshot is taken before step 0 and every `snapshot_every` steps, and after
+    the last step, so steps / snapshot_every + 1 snapshots (41 for the code's 20,000 / 500)."""
+    steps: int = 20_000
+    snapshot_every: int = 500
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 1 <= self.snapshot_every <= self.steps:
+            raise ValueError(f"snapshot_every must be in [1, steps = {self.steps}], got {self.snapshot_every}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        steps = list(range(0, self.steps, self.snapshot_every))
+        return steps + [self.steps]
+
+
+class TrajectoryRecorder:
+    """Stores (step, {block name: flattened float32 copy}) for the named weight views of a model."""
+
+    def __init__(self, blocks: Callable[[], dict[str, torch.Tensor]]):
+        self._blocks = blocks
+        self.steps: list[int] = []
+        self._snapshots: dict[str, list[np.ndarray]] = {}
+
+    def record(self, step: int) -> None:
+        with torch.no_grad():
+            for name, weight in self._blocks().items():
+                # copy=True: on CPU, .cpu() alone would return the live parameter (the released code's bug)
+                copy = weight.detach().to("cpu", dtype=torch.float32, copy=True)
+                self._snapshots.setdefault(name, []).append(copy.numpy().reshape(-1))
+        self.steps.append(int(step))
+
+    def trajectories(self) -> dict[str, np.ndarray]:
+        """{block name: (n_snapshots, D) array}."""
+        return {name: np.stack(snaps) for name, snaps in self._snapshots.items()}
+
+
+@dataclass
+class TrainingRun:
+    model: MarkerTransformer
+    snapshot_steps: np.ndarray
+    trajectories: dict  # {block name: (n_snapshots, D) float32}
+    loss: np.ndarray  # training loss at every step
+    accuracy: np.ndarray  # training-batch accuracy at every step
+    markers: np.ndarray  # m of every step's batch
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+
+def train_with_snapshots(task: TaskConfig, model_config: ModelConfig, train: TrainConfig,
+                         on_snapshot: Callable[[int, MarkerTransformer], None] | None = None,
+                         progress: Callable[[int], None] | None = None) -> TrainingRun:
+    """Train on fresh batches, recording W_Q, W_K, W_V, W_O at train.snapshot_steps.
+
+    on_snapshot(step, model) runs right after each snapshot (probe metrics here; commutators later); it must
+    not change the parameters. Initialization and the data stream are seeded by train.seed and drawn on the
+    CPU, so the same seed gives the same run on any device.
+    """
+    torch.manual_seed(train.seed)
+    model = MarkerTransformer(model_config).to(train.device)
+    data_generator = torch.Generator().manual_seed(train.seed)
+    optimizer = make_optimizer(model, train)
+    recorder = TrajectoryRecorder(model.attention_weights)
+    snapshot_steps = set(train.snapshot_steps)
+    losses = torch.zeros(train.steps, device=train.device)
+    accuracies = torch.zeros(train.steps, device=train.device)
+    markers = np.zeros(train.steps, dtype=np.int64)
+    for step in range(train.steps + 1):
+        if step in snapshot_steps:
+            recorder.record(step)
+            if on_snapshot is not None:
+                on_snapshot(step, model)
+        if step == train.steps:
+            break
+        m = task.markers_at_step(step, data_generator)
+        batch = sample_batch(task, m, data_generator).to(train.device)
+        loss, accuracy = cross_entropy_and_accuracy(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[step], accuracies[step], markers[step] = loss.detach(), accuracy, m
+        if progress is not None:
+            progress(1)
+    return TrainingRun(model, np.array(recorder.steps), recorder.trajectories(), losses.cpu().numpy(),
+                       accuracies.cpu().numpy(), markers)
