@@ -394,3 +394,114 @@ def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_val
     grid(P, which, q_m, chi, q_value, float(base.n_tokens), angle, gradient)
     shape = (len(np.atleast_1d(y_values)), len(np.atleast_1d(x_values)))
     return angle.reshape(shape), gradient.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Critical initialisation and the simplex fixed point
+# ----------------------------------------------------------------------------------------------------
+def _with_field(h: BlockParams, field: str, value: float) -> BlockParams:
+    if field == "alpha":
+        return h.replace(alpha_A=float(value), alpha_M=float(value))
+    return h.replace(**{field: float(value)})
+
+
+def edge_of_chaos(base: BlockParams, field: str = "sigma_w", bracket=(1e-3, 20.0)) -> BlockParams:
+    """The value of one field at which the angle exponent vanishes (lambda_a = 0), the others fixed.
+
+    Raises ValueError if lambda_a does not change sign on `bracket` (no edge of chaos along that line).
+    """
+    from scipy.optimize import brentq
+
+    if field not in GRID_FIELDS:
+        raise ValueError(f"field={field!r}: allowed values are {GRID_FIELDS}")
+    lo, hi = bracket
+    if field == "alpha" or (field in ("alpha_A", "alpha_M") and base.residual == "normalized"):
+        hi = min(hi, 1.0 - 1e-9)
+
+    def angle(x):
+        return exponents(_with_field(base, field, x)).angle
+
+    a_lo, a_hi = angle(lo), angle(hi)
+    if not (np.isfinite(a_lo) and np.isfinite(a_hi)) or a_lo * a_hi > 0:
+        raise ValueError(f"lambda_a keeps one sign for {field} in [{lo}, {hi}] "
+                         f"({a_lo:+.3g} .. {a_hi:+.3g}): no edge of chaos along this line")
+    return _with_field(base, field, brentq(angle, lo, hi, xtol=1e-13, rtol=1e-13))
+
+
+@dataclass(frozen=True)
+class CriticalPoint:
+    """Where both exponents vanish, or the closest point to it inside the bounds.
+
+    exact=False means lambda_a = lambda_g = 0 has no solution inside the bounds; params then minimise
+    lambda_a^2 + lambda_g^2 there (see theory: in the canonical block lambda_g >= lambda_a, so with a
+    tanh MLP the gradient exponent vanishes only where the MLP or the attention switches off).
+    """
+
+    params: BlockParams
+    angle: float
+    gradient: float
+    exact: bool
+
+
+def critical_point(base: BlockParams, free=("alpha", "sigma_w"), bounds=None, tol: float = 1e-8
+                   ) -> CriticalPoint:
+    """Hyperparameters `free` (two fields) at which lambda_a = lambda_g = 0, the other fields of `base`
+    held fixed; bounded least squares from a coarse grid search.  Initialise a network there with
+    `CanonicalTransformer(critical_point(base).params, depth, width)`."""
+    from scipy.optimize import least_squares
+
+    if len(free) != 2 or any(f not in GRID_FIELDS for f in free) or free[0] == free[1]:
+        raise ValueError(f"free={free!r}: two distinct fields from {GRID_FIELDS}")
+    if bounds is None:
+        upper = {"alpha": 1.0, "alpha_A": 1.0, "alpha_M": 1.0} if base.residual == "normalized" else {}
+        bounds = tuple((1e-3, upper.get(f, 10.0)) for f in free)
+    (x_lo, x_hi), (y_lo, y_hi) = bounds
+    xs, ys = np.linspace(x_lo, x_hi, 41), np.linspace(y_lo, y_hi, 41)
+    angle, gradient = exponent_grid(base, free[0], xs, free[1], ys)
+    cost = np.where(np.isfinite(angle), angle**2 + gradient**2, np.inf)
+    i, j = np.unravel_index(np.argmin(cost), cost.shape)
+
+    def point(v):
+        return _with_field(_with_field(base, free[0], v[0]), free[1], v[1])
+
+    def residual(v):
+        e = exponents(point(v))
+        return [e.angle if np.isfinite(e.angle) else -1e3, e.gradient]
+
+    fit = least_squares(residual, [xs[j], ys[i]], bounds=([x_lo, y_lo], [x_hi, y_hi]), xtol=1e-14,
+                        ftol=1e-14, gtol=1e-14)
+    best = point(fit.x)
+    e = exponents(best)
+    return CriticalPoint(best, e.angle, e.gradient, bool(max(abs(e.angle), abs(e.gradient)) < tol))
+
+
+def simplex_fixed_point(h: BlockParams, rho_start: float = 0.5, attention: str = "finite",
+                        n_samples: int = MONTE_CARLO_SAMPLES):
+    """The non-collapsed fixed point (q*, rho* < 1) of the normalized-residual map, or None if the map
+    flows to collapse (lambda_a < 0: the simplex fixed point does not exist).  Solved with scipy's root
+    finder on (q_out - q, p_out - p) from the end of a 40-block trajectory."""
+    from scipy.optimize import root
+
+    if h.residual != "normalized":
+        raise ValueError("residual='plain' has no fixed point: its norm q grows without bound")
+    if exponents(h).angle <= 0:
+        return None
+    traj = propagate(h, 40, 1.0, rho_start, attention, n_samples)
+    kernel = compiled_kernel(h.activation)
+    params = _params_vector(h)
+    method = "monte_carlo" if attention == "finite" else "large_n"
+
+    def gap(state):
+        q, p = state
+        moments = attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples)
+        q1, p1 = _attention_step(q, p, 0.0, 0.0, *moments, 0.0, 0.0, 0.0, 0.0, *params)
+        rho1 = min(1.0, p1 / q1)
+        kv = (kernel.diagonal(h.sigma_w, h.sigma_2), kernel.value(rho1, h.sigma_w, h.sigma_2), 0.0, 0.0)
+        q_out, p_out, _, _ = _block_step(q, p, 0.0, 0.0, *moments, *kv, *params)
+        return [q_out - q, p_out - p]
+
+    sol = root(gap, [traj.q[-1], traj.p[-1]], tol=1e-12)
+    q_star, p_star = sol.x
+    if not sol.success or not p_star / q_star < 1 - 1e-6:
+        return None
+    return q_star, p_star / q_star

@@ -106,10 +106,10 @@ def test_softmax_moments_are_exact_at_collapse_and_approach_large_n():
     at_collapse = S.attention_moments(16, 1.0, 2.0)
     expected = [1 / 16, 1 / 16, 1 / 256, 1 / 256, 1 / 256, 1 / 256]
     assert np.allclose(at_collapse, expected, rtol=1e-12)
-    # Large n: Monte Carlo at n = 4096 within 2% of the limit-[N] closed forms for the two leading
-    # moments (corrections are O(e^{v}/n) ~ 0.1%, Monte Carlo error ~ 0.1% with 2048 samples).
-    mc = S.attention_moments(4096, 0.5, 1.0, n_samples=2048)
-    large = S.attention_moments(4096, 0.5, 1.0, method="large_n")
+    # Large n: Monte Carlo at n = 2048 within 2% of the limit-[N] closed forms for the two leading
+    # moments (corrections are O(e^{v}/n) ~ 0.1%, Monte Carlo error ~ 0.1% with 1024 samples).
+    mc = S.attention_moments(2048, 0.5, 1.0, n_samples=1024)
+    large = S.attention_moments(2048, 0.5, 1.0, method="large_n")
     assert mc[:2] == pytest.approx(large[:2], rel=0.02)
 
 
@@ -128,7 +128,7 @@ def test_propagate_contract():
 
 
 def test_no_mlp_collapses_numerically():
-    traj = S.propagate(BlockParams(alpha_M=0.0, alpha_A=0.8), depth=30, rho0=0.2)
+    traj = S.propagate(BlockParams(alpha_M=0.0, alpha_A=0.8), depth=30, rho0=0.2, n_samples=1024)
     assert np.all(np.diff(traj.rho) > 0) and traj.rho[-1] > 0.99
 
 
@@ -166,3 +166,34 @@ def test_grid_rejects_bad_fields_and_values():
         S.exponent_grid(h, "alpha", [0.5], "sigma_w", [-1.0])
     with pytest.raises(ValueError, match="must be a theory.signal_prop.BlockParams"):
         S.exponents({"alpha_A": 0.5})
+
+
+def test_edge_of_chaos_zeroes_the_angle_exponent():
+    edge = S.edge_of_chaos(BlockParams(alpha_A=0.5, alpha_M=0.5), "sigma_w")
+    assert abs(S.exponents(edge).angle) < 1e-10
+    assert S.exponents(edge.replace(sigma_w=edge.sigma_w * 0.9)).angle < 0 < \
+        S.exponents(edge.replace(sigma_w=edge.sigma_w * 1.1)).angle
+    with pytest.raises(ValueError, match="no edge of chaos"):
+        S.edge_of_chaos(BlockParams(activation="relu"), "sigma_w")   # ReLU is angle-neutral: never chaotic
+
+
+def test_critical_point_is_degenerate_for_the_canonical_tanh_block():
+    """theory: lambda_g >= lambda_a with equality only as alpha_A -> 0, and lambda_g > 0 for tanh, so
+    the bounded solver must end at the alpha lower bound, with both exponents O(alpha^2) there."""
+    cp = S.critical_point(BlockParams(), free=("alpha", "sigma_w"))
+    assert cp.exact is False
+    assert cp.params.alpha_A == pytest.approx(1e-3, rel=1e-6)
+    assert abs(cp.angle) < 1e-5 and abs(cp.gradient) < 1e-5
+    with pytest.raises(ValueError, match="free"):
+        S.critical_point(BlockParams(), free=("alpha", "alpha"))
+
+
+def test_simplex_fixed_point_exists_only_in_the_chaotic_phase():
+    chaotic = BlockParams(alpha_A=0.5, alpha_M=0.5, sigma_w=2.5, sigma_2=2.5, n_tokens=8)
+    q_star, rho_star = S.simplex_fixed_point(chaotic, n_samples=2048)
+    assert 0 < rho_star < 1
+    stay = S.propagate(chaotic, 3, q_star, rho_star, n_samples=2048)
+    assert np.allclose(stay.rho, rho_star, atol=1e-8) and np.allclose(stay.q, q_star, rtol=1e-8)
+    assert S.simplex_fixed_point(BlockParams(sigma_w=1.0)) is None
+    with pytest.raises(ValueError, match="plain"):
+        S.simplex_fixed_point(chaotic.replace(residual="plain"))
