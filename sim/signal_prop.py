@@ -187,6 +187,44 @@ def attention_moments(n_tokens: int, rho: float, sigma_A: float, method: str = "
     return _softmax_moments(*_common_random_numbers(n_tokens, n_samples, seed), s, t)
 
 
+def attention_moments_quadrature(n_tokens: int, rho: float, sigma_A: float, nodes: int = 480):
+    """(E sum_j A_ij^2, E sum_j A_ij A_kj) at finite n by quadrature, an independent check of the Monte
+    Carlo.  With 1/Z = int_0^oo e^{-uZ} du the n-key expectations factorise over keys:
+        m_self  = n int u F_2(u) F_0(u)^{n-1} du,          F_k(u) = E_l[e^{k l - u e^l}], l ~ N(0, s^2 + t^2)
+        m_cross = n int int H_11(u, w) H_00(u, w)^{n-1} du dw,
+        H_ab(u, w) = E_a[f_a(u; a) f_b(w; a)],  f_k(u; a) = E_b[e^{k(s a + t b) - u e^{s a + t b}}],
+    with u = e^y, w = e^x on composite Gauss-Legendre grids around the scale u ~ 1/(n E e^l)."""
+    r = min(1.0, max(0.0, float(rho)))
+    s, t = _logit_stds(r, sigma_A)
+    z, wz = gaussian_quadrature(60)
+    log_scale = -math.log(n_tokens) - 0.5 * (s * s + t * t)
+    y, wy = _legendre_interval(log_scale - 40.0, log_scale + 12.0, nodes)
+    u = np.exp(y)
+
+    def f(k, shift):                           # f_k(u; a) for logits shift + t b, shape (len(u), len(shift))
+        logits = shift[None, :, None] + t * z[None, None, :]
+        vals = np.exp(k * logits - u[:, None, None] * np.exp(logits))
+        return vals @ wz
+
+    a_nodes = np.array([0.0]) if s == 0.0 else z
+    a_weights = np.array([1.0]) if s == 0.0 else wz
+    f0, f1, f2 = (f(k, s * a_nodes) for k in (0, 1, 2))
+    F0, F2 = f0 @ a_weights, f2 @ a_weights
+    m_self = n_tokens * np.sum(wy * u**2 * F2 * F0 ** (n_tokens - 1))
+    H00 = (f0 * a_weights) @ f0.T
+    H11 = (f1 * a_weights) @ f1.T
+    jac = np.outer(wy * u, wy * u)
+    m_cross = n_tokens * np.sum(jac * H11 * H00 ** (n_tokens - 1))
+    return float(m_self), float(m_cross)
+
+
+def _legendre_interval(lo, hi, nodes, order=QUADRATURE_ORDER):
+    x, w = leggauss(order)
+    edges = np.linspace(lo, hi, nodes // order + 1)
+    width = edges[1] - edges[0]
+    return (edges[:-1, None] + width * (x[None, :] + 1) / 2).ravel(), np.tile(w * width / 2, nodes // order)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The block map over depth
 # ----------------------------------------------------------------------------------------------------
