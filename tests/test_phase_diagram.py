@@ -1,0 +1,185 @@
+"""The phase-diagram pipeline: the task's exact losses, batched training, the CLI, Dask vs local sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from theory.signal_prop import BlockParams
+from validate.batched_train import PhaseModel, TrainConfig, build_models, train_batched, train_sequential
+from validate.phase_diagram import QUICK, PhaseDiagramConfig, TrainPoints, main, params_at
+from validate.phase_task import HistogramTask
+from validate.sweep import SweepStore, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = HistogramTask(n_tokens=8, vocab=4, noise=0.2)
+TINY = TrainConfig(depth=3, width=16, d_ff=16, steps=6, batch=4, test_size=32, eval_every=3, threads=1,
+                   task=TASK)
+
+
+# -- the task ---------------------------------------------------------------------------------------------
+def test_clean_labels_count_each_symbol():
+    tokens = torch.tensor([[0, 1, 0, 2, 0, 1, 3, 3]])
+    assert TASK.clean_labels(tokens).tolist() == [[2, 1, 2, 0, 2, 1, 1, 1]]  # count - 1
+
+
+def test_bayes_predictor_attains_bayes_loss_and_label_noise_is_as_specified():
+    generator = torch.Generator().manual_seed(0)
+    tokens, noisy = TASK.sample(20000, generator)
+    clean = TASK.clean_labels(tokens)
+    k, e = TASK.n_classes, TASK.noise
+    bayes = torch.full((*clean.shape, k), e / k).scatter(-1, clean.unsqueeze(-1), 1 - e + e / k)
+    # the noise-averaged loss of the Bayes predictor is the closed-form floor (exactly, up to float rounding)
+    assert TASK.expected_loss(bayes.log(), clean).item() == pytest.approx(TASK.bayes_loss(), rel=1e-5)
+    # and sampled labels agree with it: Monte Carlo within 4 standard errors of the per-token loss
+    per_token = -bayes.log().gather(-1, noisy.unsqueeze(-1)).squeeze(-1)
+    se = per_token.std().item() / math.sqrt(per_token.numel())
+    assert abs(per_token.mean().item() - TASK.bayes_loss()) < 4 * se
+
+
+def test_label_marginal_and_context_free_loss():
+    marginal = torch.tensor(TASK.label_marginal())
+    assert marginal.sum().item() == pytest.approx(1.0, abs=1e-12)
+    _, noisy = TASK.sample(20000, torch.Generator().manual_seed(1))
+    frequencies = torch.bincount(noisy.flatten(), minlength=TASK.n_classes).double() / noisy.numel()
+    # binomial standard error of each frequency (tokens within a sequence are dependent: x2 margin)
+    se = (marginal * (1 - marginal) / noisy.numel()).sqrt()
+    assert ((frequencies - marginal).abs() < 8 * se + 1e-12).all()
+    assert TASK.bayes_loss() < TASK.context_free_loss() < math.log(TASK.n_classes)
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_tokens=1), dict(vocab=1), dict(noise=1.0), dict(noise=-0.1)])
+def test_task_rejects_bad_fields(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        HistogramTask(**kwargs)
+
+
+# -- the model and batched training ----------------------------------------------------------------------
+def test_coefficient_forward_equals_the_blocks_own_forward():
+    h = BlockParams(alpha_A=0.4, alpha_M=0.7, sigma_w=2.5, n_tokens=8)
+    model = PhaseModel(h, TINY).reset_parameters(torch.Generator().manual_seed(3))
+    tokens, _ = TASK.sample(5, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(model(tokens, model.residual_coefficients()), model(tokens), rtol=0, atol=1e-6)
+
+
+def test_batched_training_reproduces_sequential_training():
+    params = [BlockParams(alpha_A=a, alpha_M=a, sigma_w=s, n_tokens=8) for a, s in ((0.2, 1.0), (0.6, 3.0),
+                                                                                     (0.9, 2.0))]
+    seeds = [0, 1, 0]
+    batched = train_batched(params, seeds, TINY)
+    sequential = train_sequential(params, seeds, TINY)
+    for b, s in zip(batched, sequential):
+        # same models, same data, same Adam: only float32 summation order differs (bmm vs mm); measured
+        # differences are ~1e-6 after 6 steps, so 1e-4 relative leaves room without hiding a real mismatch
+        np.testing.assert_allclose(b["train_loss"], s["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(b["test_loss"], s["test_loss"], rtol=1e-4)
+    assert batched[0]["train_loss"] != batched[2]["train_loss"]  # different points really differ
+
+
+def test_init_depends_only_on_point_and_seed():
+    h = BlockParams(alpha_A=0.3, alpha_M=0.3, n_tokens=8)
+    alone = build_models([h], [5], TINY)[0]
+    among = build_models([h.replace(sigma_w=3.0), h], [1, 5], TINY)[1]
+    for (name, a), (_, b) in zip(alone.named_parameters(), among.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_diverging_model_is_recorded_and_the_others_train_on_unchanged():
+    healthy = [BlockParams(alpha_A=0.3, alpha_M=0.3, n_tokens=8), BlockParams(alpha_A=0.6, alpha_M=0.6,
+                                                                              n_tokens=8)]
+    poisoned = BlockParams(alpha_A=0.3, alpha_M=0.3, sigma_2=1e39, n_tokens=8)  # W_2 overflows float32
+    together = train_batched([healthy[0], poisoned, healthy[1]], [0, 0, 0], TINY)
+    apart = train_batched(healthy, [0, 0], TINY)
+    assert together[1]["diverged"] and together[1]["diverged_at"] == 0
+    assert together[1]["final_test_loss"] is None and all(v is None for v in together[1]["train_loss"])
+    for t, a in zip((together[0], together[2]), apart):
+        assert not t["diverged"]
+        np.testing.assert_allclose(t["train_loss"], a["train_loss"], rtol=1e-5)  # float32 rounding only
+
+
+def test_divergence_midway_is_recorded_at_its_step():
+    blowup = TrainConfig(**{**TINY.to_dict(), "task": TASK, "optimizer": "sgd", "lr": 1e8, "steps": 12})
+    record = train_batched([BlockParams(alpha_A=0.5, alpha_M=0.5, n_tokens=8)], [0], blowup)[0]
+    step = record["diverged_at"]
+    assert record["diverged"] and step is not None and 0 < step < 12
+    assert all(math.isfinite(v) for v in record["train_loss"][:step])
+    assert all(v is None for v in record["train_loss"][step:])
+
+
+# -- the command ---------------------------------------------------------------------------------------
+SMALL = ["--grid", "3", "2", "--seeds", "0", "1", "--depth", "2", "--width", "16", "--d-ff", "16",
+         "--steps", "8", "--batch", "4", "--test-size", "32", "--eval-every", "4", "--n-tokens", "8",
+         "--vocab", "4", "--map-points", "20", "--workers", "0", "--threads", "1", "--figure", "none",
+         "--quiet"]
+
+
+def test_cli_writes_json_and_figure_and_a_rerun_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(SMALL + ["--out", str(out)]) == 0
+    record = json.loads((out / "phase_diagram.json").read_text())
+    metrics = record["metrics"]
+    for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells"):
+        assert key in metrics
+    assert len(record["points"]) == 3 * 2 * 2 and record["timings"]["models_trained_now"] == 12
+    assert (out / "phase_diagram.png").stat().st_size > 10_000
+    assert "Spearman" in capsys.readouterr().out
+
+    assert main(SMALL + ["--out", str(out)]) == 0          # everything stored: nothing retrained
+    again = json.loads((out / "phase_diagram.json").read_text())
+    assert again["timings"]["models_trained_now"] == 0
+    assert again["metrics"] == metrics and again["points"] == record["points"]
+    assert main(SMALL + ["--out", str(out), "--fresh"]) == 0
+    fresh = json.loads((out / "phase_diagram.json").read_text())
+    assert fresh["timings"]["models_trained_now"] == 12
+    assert [p["final_test_loss"] for p in fresh["points"]] == [p["final_test_loss"] for p in record["points"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "1", "4"], "grid"), (["--x-range", "0.5", "0.2"], "x_range"),
+    (["--x-range", "0.1", "1.5"], "alpha"), (["--base", "foo=1"], "FIELD"), (["--base", "sigma_A=-1"], "sigma_A"),
+    (["--noise", "1.5"], "noise"), (["--x-field", "sigma_w"], "different fields"), (["--steps", "0"], "steps")])
+def test_cli_rejects_bad_input_with_one_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m validate.phase_diagram: error:")
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--x-field", "--y-range", "--grid", "--depth", "--width", "--steps", "--seeds", "--lr",
+                 "--out", "--store", "--scheduler", "--device", "--quick", "--fresh"):
+        assert flag in text
+
+
+def test_dask_local_cluster_stores_the_same_quick_grid_as_local_processes(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    quick_train = TrainConfig(**{**TrainConfig().to_dict(), "task": HistogramTask(), **QUICK["train"]})
+    cfg = PhaseDiagramConfig(grid=QUICK["grid"], train=quick_train)
+    task, points = TrainPoints(cfg.base, cfg.train), cfg.train_points()
+    local = SweepStore(tmp_path / "local.sqlite", cfg.sweep_name())
+    run_sweep(task, points, list(cfg.seeds), local, batch_size=9, max_workers=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        remote = SweepStore(tmp_path / "dask.sqlite", cfg.sweep_name())
+        run_sweep(task, points, list(cfg.seeds), remote, batch_size=9, scheduler=cluster.scheduler_address)
+    local_rows, remote_rows = local.rows(), remote.rows()
+    assert len(local_rows) == len(points) * len(cfg.seeds)
+    # same batches, same seeds, same thread count: the stored numbers are identical, not merely close
+    assert [(r["point"], r["seed"], r["result"]) for r in local_rows] == \
+        [(r["point"], r["seed"], r["result"]) for r in remote_rows]
+
+
+def test_params_at_sets_alpha_pair():
+    h = params_at(BlockParams(n_tokens=8), {"alpha": 0.25, "sigma_w": 3.0})
+    assert (h.alpha_A, h.alpha_M, h.sigma_w) == (0.25, 0.25, 3.0)
