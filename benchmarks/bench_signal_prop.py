@@ -78,8 +78,8 @@ def run(quick: bool = False):
     P = S.grid_points(base, "alpha", xs, "sigma_w", ys)
     functions = _numpy_functions()
     S.exponent_grid(base, "alpha", xs[:3], "sigma_w", ys[:3])          # compile outside the timing
-    t_numba, (angle, gradient) = _best_of(lambda: S.exponent_grid(base, "alpha", xs, "sigma_w", ys), 5)
-    t_numpy, (angle_np, gradient_np) = _best_of(lambda: numpy_grid(P, 32.0, functions), 5)
+    t_numba, (angle, gradient) = _best_of(lambda: S.exponent_grid(base, "alpha", xs, "sigma_w", ys), 20)
+    t_numpy, (angle_np, gradient_np) = _best_of(lambda: numpy_grid(P, 32.0, functions), 20)
     t_naive, (angle_naive, _) = _best_of(lambda: numpy_grid(P, 32.0, functions, dedupe=False), 1)
     t_loop, loop_result = _best_of(lambda: loop_grid(P, 32.0, functions), 1)
     for other in (angle_np, angle_naive, loop_result[0]):

@@ -56,12 +56,14 @@ def _params_vector(h: BlockParams) -> tuple:
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CompiledKernel:
-    """njit functions diagonal(sw, s2), slope(sw, s2), value(rho, sw, s2), derivative(rho, sw, s2)."""
+    """njit functions diagonal(sw, s2), slope(sw, s2), value(rho, sw, s2), derivative(rho, sw, s2), and
+    diagonal_and_slope(sw, s2) -> (q_M, chi_M) in one pass (the integrands share phi, e.g. one tanh)."""
 
     diagonal: object
     slope: object
     value: object
     derivative: object
+    diagonal_and_slope: object
 
 
 def gaussian_quadrature(panels: int, order: int = QUADRATURE_ORDER, half_width: float = QUADRATURE_HALF_WIDTH):
@@ -85,6 +87,8 @@ def compiled_kernel(activation) -> CompiledKernel:
             slope=compile_expression(T.mlp_slope_at_collapse(kernel), (sw, s2)),
             value=compile_expression(kernel.value, (T.rho, sw, s2)),
             derivative=compile_expression(kernel.derivative, (T.rho, sw, s2)),
+            diagonal_and_slope=compile_expression((kernel.diagonal, T.mlp_slope_at_collapse(kernel)),
+                                                  (sw, s2)),
         )
     x1, w1 = gaussian_quadrature(QUADRATURE_PANELS_1D)
     x2, w2 = gaussian_quadrature(QUADRATURE_PANELS_2D)
@@ -115,7 +119,19 @@ def compiled_kernel(activation) -> CompiledKernel:
             return acc
         return integral
 
-    return CompiledKernel(one_d(f_diag), one_d(f_slope), two_d(f_value), two_d(f_deriv))
+    f_both = compile_expression((kernel.integrands["diagonal"], kernel.integrands["slope_at_collapse"]),
+                                (T.z, sw, s2))
+
+    @numba.njit
+    def diagonal_and_slope(sigma_w, sigma_2):
+        diag = slope = 0.0
+        for i in range(x1.size):
+            d, c = f_both(x1[i], sigma_w, sigma_2)
+            diag += w1[i] * d
+            slope += w1[i] * c
+        return diag, slope
+
+    return CompiledKernel(one_d(f_diag), one_d(f_slope), two_d(f_value), two_d(f_deriv), diagonal_and_slope)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -347,16 +363,14 @@ GRID_FIELDS = T.NUMERIC_FIELDS + ("alpha",)     # "alpha" sets alpha_A = alpha_M
 def _grid_kernels(activation, normalized: bool):
     """Two Numba-parallel passes: the MLP kernel integrals (q_M, chi_M) once per distinct (sigma_w,
     sigma_2) of the grid, then both multipliers at every point."""
-    kernel = compiled_kernel(activation)
-    diagonal, slope = kernel.diagonal, kernel.slope
+    diagonal_and_slope = compiled_kernel(activation).diagonal_and_slope
     multipliers = _multipliers_normalized if normalized else _multipliers_at_q
     skip = _skip_normalized
 
     @numba.njit(parallel=True)
     def kernel_values(weights, q_m_out, chi_out):
         for k in numba.prange(weights.shape[0]):
-            q_m_out[k] = diagonal(weights[k, 0], weights[k, 1])
-            chi_out[k] = slope(weights[k, 0], weights[k, 1])
+            q_m_out[k], chi_out[k] = diagonal_and_slope(weights[k, 0], weights[k, 1])
 
     @numba.njit(parallel=True)
     def grid(P, which, q_m, chi, q_value, n_tokens, angle_out, gradient_out):
