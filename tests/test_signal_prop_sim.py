@@ -212,3 +212,21 @@ def test_monte_carlo_moments_agree_with_exact_quadrature(n, rho, sigma_A):
 
 def test_quadrature_moments_are_exact_at_collapse():
     assert S.attention_moments_quadrature(8, 1.0, 1.0) == pytest.approx((1 / 8, 1 / 8), rel=1e-9)
+
+
+def test_simplex_fixed_point_solves_the_theory_equations():
+    """Substitute sim's numerical (q*, rho*) into theory's fixed-point equations (the kernel and the
+    attention moments evaluated there): both residuals vanish to the root finder's tolerance."""
+    h = BlockParams(alpha_A=0.5, alpha_M=0.5, sigma_w=2.5, sigma_2=2.5, n_tokens=8, activation="erf")
+    q_star, rho_star = S.simplex_fixed_point(h, n_samples=2048)
+    moments = S.attention_moments(8, rho_star, h.sigma_A, n_samples=2048)
+    bm = T.block_map()
+    subs = {**h.substitutions(), T.q: q_star, T.p: q_star * rho_star,
+            **dict(zip(T.ATTENTION_MOMENTS, moments))}
+    rho1 = float((bm.p1 / bm.q1).subs(subs))
+    kernel = T.mlp_kernel("erf")
+    subs.update({k: v.subs({T.rho: rho1, T.sigma_w: h.sigma_w, T.sigma_2: h.sigma_2})
+                 for k, v in T.mlp_substitutions(kernel, T.rho).items()})
+    for eq in T.simplex_fixed_point_equations():
+        residual = (eq.lhs - eq.rhs).subs({T.alpha_A: h.alpha_A, T.alpha_M: h.alpha_M}).subs(subs)
+        assert abs(float(residual)) < 1e-9

@@ -414,13 +414,14 @@ q_star_collapse = sp.solve(sp.Eq(q_out_collapse.subs({a_A: sp.sqrt(1 - alpha_A**
                                                       a_M: sp.sqrt(1 - alpha_M**2)}), q), q)[0]
 
 
-def _distance_map():
-    """epsilon' as a function of epsilon for the finite-n block (moments left symbolic)."""
-    bm = block_map()
-    rho1 = bm.p1 / bm.q1
-    q_out = bm.q_out
-    p_out = bm.p_out
-    return bm, rho1, q_out, p_out
+def simplex_fixed_point_equations(attention: str = "finite"):
+    """The non-collapsed fixed point (q*, p* < q*) of the normalized residual, [W][S]: q_out = q and
+    p_out = p, with the MLP kernel placeholders still to be substituted at rho1 = p1/q1
+    (`mlp_substitutions`).  Transcendental through p_M; it exists where lambda_a > 0 (collapse unstable)
+    and sim.signal_prop.simplex_fixed_point solves it.  The plain residual has none: q grows."""
+    bm = block_map(attention)
+    normalized = {a_A: sp.sqrt(1 - alpha_A**2), a_M: sp.sqrt(1 - alpha_M**2)}
+    return sp.Eq(bm.q_out.subs(normalized), q), sp.Eq(bm.p_out.subs(normalized), p)
 
 
 def _angle_multiplier() -> sp.Expr:
