@@ -256,6 +256,20 @@ def test_saturation_fit_on_a_softmax_ray():
     assert linear.late_slope_ratio > 0.5
 
 
+def test_saturation_fit_respects_entropy_bounds_and_resolution():
+    # an exponential decay seen only in its tail: unbounded, the upper plateau runs off to huge values
+    r = np.linspace(0.0, 4.0, 30)
+    H = 0.5 + 2.0 * np.exp(-r)
+    fit = g.fit_saturation(r, H, h_bounds=(0.0, np.log(16)))
+    assert 0.0 <= fit.h_min <= fit.h_max <= np.log(16)
+    # a single jump between two snapshots cannot be fitted as an unresolvably sharp step
+    jump = np.where(r < 2.0, 2.5, 0.5)
+    step_fit = g.fit_saturation(r, jump)
+    assert abs(step_fit.tau) >= np.ptp(r) / (len(r) - 1) * (1 - 1e-9)
+    with pytest.raises(ValueError, match="h_bounds"):
+        g.fit_saturation(r, H, h_bounds=(1.0, 2.0))
+
+
 def test_routing_coordinate_finds_the_tracking_coordinate():
     r, H = softmax_entropy_along_a_ray()
     rng = np.random.default_rng(2)

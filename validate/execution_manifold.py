@@ -206,6 +206,24 @@ def _window_null(gram, ambient_dim: int, window: int, q: float, n_draws: int, se
                                                 window, q) for _ in range(n_draws)])
 
 
+def _saturation_fit(coordinate, entropy, seq_len: int) -> geo.SaturationFit:
+    """The routing saturation fit, with the plateaus kept inside the reachable entropy range [0, ln T]."""
+    return geo.fit_saturation(coordinate, entropy, h_bounds=(0.0, float(np.log(seq_len))))
+
+
+def refit_saturation(config: ExperimentConfig, rows_by_point: dict, out_dir: str) -> None:
+    """Recompute every stored routing saturation fit from the saved coordinate and entropy series, so that
+    rows stored by an earlier version of the fit are summarised with the current one."""
+    for results in rows_by_point.values():
+        for result in results:
+            arrays = np.load(os.path.join(out_dir, result["arrays"]))
+            for routing in result["routing"]:
+                layer = routing["layer"]
+                fit = _saturation_fit(arrays[f"routing:{layer}"], np.array(result["attention"]["entropy"][layer]),
+                                      config.seq_len)
+                routing["saturation"] = fit.as_dict()
+
+
 def _first_step_below(series, steps, fraction=0.5) -> int:
     """t_bubble: first snapshot step with h(t) <= h(0) - fraction (h(0) - min h) (reference section 5.3)."""
     series = np.asarray(series)
@@ -314,7 +332,7 @@ class SeedRun:
         candidates = np.concatenate(columns, axis=1)
         found = geo.routing_coordinate(candidates, entropy, n_permutations=2000,
                                        block_length=max(2, len(steps) // 10), seed=seed)
-        fit = geo.fit_saturation(found.coordinate, entropy)
+        fit = _saturation_fit(found.coordinate, entropy, self.config.seq_len)
         return {"layer": layer, "coordinate_name": names[found.index], "rho": found.rho,
                 "p_value": found.p_value, "time_rho": found.time_rho, "saturation": fit.as_dict(),
                 "entropy_start": float(entropy[0]), "entropy_min": float(entropy.min()),
@@ -511,6 +529,9 @@ def claims_table(config: ExperimentConfig, rows_by_point: dict, out_dir: str) ->
                      f"S {np.median([l['saturation']['late_slope_ratio'] for l in last]):.2f}; "
                      f"{sum(passes)}/{len(passes)} seeds", "most seeds", sum(passes) > len(passes) / 2))
     metrics["routing_last_layer"] = last
+    # the paper: bubble timing "correlates with the stabilization of the execution manifold" (no number given)
+    metrics["bubble_vs_collapse_steps"] = [{"t_bubble": r["t_bubble_step"], "collapse": r["joint"]["collapse_step"]}
+                                           for r in main]
 
     # C5 collapse within the first 20-30% of training ---------------------------------------------------------
     fractions = np.array([r["joint"]["collapse_fraction"] for r in main])
@@ -808,6 +829,7 @@ def main(argv=None) -> int:
         for row in rows:
             key = _point_name(row["point"]["markers"].split(","), row["point"]["modulus"])
             rows_by_point.setdefault(key, []).append(row["result"])
+    refit_saturation(config, rows_by_point, out_dir)
     rows, metrics = claims_table(config, rows_by_point, out_dir)
     figures = make_figures(config, rows_by_point, metrics, out_dir)
     elapsed = time.perf_counter() - started

@@ -469,23 +469,40 @@ class SaturationFit:
         return dict(self.__dict__)
 
 
-def fit_saturation(r, entropy) -> SaturationFit:
-    """Fit H = H_min + (H_max - H_min) sigma(-(r - r0)/tau) over the snapshots (reference section 5.3)."""
+def fit_saturation(r, entropy, h_bounds=None) -> SaturationFit:
+    """Fit H = H_min + (H_max - H_min) sigma(-(r - r0)/tau) over the snapshots (reference section 5.3).
+
+    Both plateaus are kept inside h_bounds (for an attention entropy (0, ln T); default: the data range
+    widened by its spread), so that an exponential-looking decay cannot fit a plateau far above any reachable
+    entropy; and |tau| >= range(r) / (n - 1), so that the fit cannot turn into a step sharper than the
+    snapshots resolve (a step has zero slope everywhere and would read as perfect saturation).
+    """
     from scipy.optimize import least_squares
     r, entropy = np.asarray(r, dtype=np.float64), np.asarray(entropy, dtype=np.float64)
     if r.shape != entropy.shape or r.ndim != 1 or r.size < 5:
         raise ValueError(f"r and entropy must be 1-D series of equal length >= 5, got {r.shape}, {entropy.shape}")
     spread = float(np.ptp(r)) or 1.0
+    if h_bounds is None:
+        h_bounds = (entropy.min() - np.ptp(entropy), entropy.max() + np.ptp(entropy))
+    low, high = float(h_bounds[0]), float(h_bounds[1])
+    if not (low < high and low <= entropy.min() + 1e-9 and entropy.max() <= high + 1e-9):
+        raise ValueError(f"h_bounds must be an interval containing the entropy values, got {h_bounds}")
+    tau_floor = spread / (r.size - 1)
 
     def residuals(params):
         return saturation_curve(r, *params) - entropy
 
     best = None
-    # the orientation of r is arbitrary (a PC's sign), so start from both signs of tau and a few centres
+    # the orientation of r is arbitrary (a PC's sign), so fit both signs of tau from a few centres
     for sign in (1.0, -1.0):
+        tau_range = (tau_floor, 10 * spread) if sign > 0 else (-10 * spread, -tau_floor)
+        lower = [low, low, r.min() - spread, tau_range[0]]
+        upper = [high, high, r.max() + spread, tau_range[1]]
         for r0_start in np.quantile(r, [0.25, 0.5, 0.75]):
-            start = [entropy.min(), entropy.max(), r0_start, sign * spread / 8]
-            fit = least_squares(residuals, start, x_scale=[1.0, 1.0, spread, spread / 8], max_nfev=2000)
+            start = np.clip([entropy.min(), entropy.max(), r0_start, sign * max(spread / 8, 1.01 * tau_floor)],
+                            lower, upper)
+            fit = least_squares(residuals, start, bounds=(lower, upper),
+                                x_scale=[1.0, 1.0, spread, spread / 8], max_nfev=2000)
             if best is None or fit.cost < best.cost:
                 best = fit
     h_min, h_max, r0, tau = best.x
