@@ -1,8 +1,10 @@
 """Scan and snap numerics: a batched Numba Dormand-Prince 5(4) integrator and the ODEs of theory.scan_snap.
 
-Every formula is compiled from a SymPy expression in `theory.scan_snap` (sympy.lambdify(modules="math",
-cse=True) then numba.njit); this module only adds the loops and sums over token indices around those
-per-component formulas, and the integrator. Three systems, each batched over settings:
+Every formula is compiled from a SymPy expression in `theory.scan_snap`: SymPy's Python code printer (with
+common-subexpression elimination) writes them into the generated module sim/_scan_snap_formulas.py as
+@numba.njit(cache=True) functions, regenerated whenever theory/scan_snap.py changes (`generate_formulas_module`).
+This module only adds the loops and sums over token indices around those per-component formulas, and the
+integrator. Three systems, each batched over settings:
 
 * `integrate_reduced`: the Sec. 6 system (h(t/K), Gamma, z_common, B_n) of Eqns. 13 and 85 (Theorem 4);
   `reduced_closed_form` gives its exact solution (Lemma 6 solved by Newton, Eqns. 120-129).
@@ -17,64 +19,111 @@ exactly on the requested output times. `dopri5_fixed` takes fixed steps for conv
 """
 from __future__ import annotations
 
-import warnings
+import hashlib
+import importlib
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import sympy as sp
+from sympy.printing.pycode import pycode
 
 from theory import scan_snap as th
 
-# passing a jitted right-hand side into the jitted integrator is Numba's "first-class function" feature
-warnings.filterwarnings("ignore", category=numba.NumbaExperimentalFeatureWarning)
 
 # ---------------------------------------------------------------------------------------------------------
 # Formulas compiled from theory (one source of truth)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _compile(expr, args):
-    """lambdify a SymPy scalar expression with the math module and njit it (no SciPy, no Piecewise)."""
-    return numba.njit(sp.lambdify(args, expr, modules="math", cse=True))
+def formula_specs() -> list:
+    """(name, SymPy expression, argument symbols) of every formula this module compiles, taken from theory.
+    Runs the SymPy derivations (about 10 s); the import uses the generated module instead."""
+    dc = th.decoder_closed_form()
+    snap = th.snap_closed_forms()
+    specs = [
+        ("attention_score", th.attention_score, (th.prob_l, th.logit_l)),
+        ("decoder_input", th.decoder_input, (th.attn_l, th.attn_norm)),
+        ("decoder_prob_score", th.decoder_prob_score, (th.decoder_logit_j, th.decoder_logit_max)),
+        ("decoder_velocity", th.decoder_velocity, (th.eta_Y, th.input_l, th.target_j, th.prob_out_j)),
+        ("attention_velocity", th.attention_velocity, (th.eta_Z, th.input_l, th.backprop_l, th.backprop_proj)),
+        ("decoder_rate", th.decoder_rate, (th.eta_Y, th.M, th.h)),
+        ("speed_coefficient", th.speed_coefficient, (th.M, th.h)),
+        ("lemma4_term", th.lemma4_attention_velocity,
+         (th.eta_Z, th.gamma_sym, th.input_l, th.beta, th.overlap, th.input_other_l)),
+        ("beta_first_order", th.beta_first_order, (th.overlap,)),
+        ("decoder_residual", dc["residual"], (th.h, th.t, th.M, th.eta_Y)),
+        ("decoder_residual_dh", sp.diff(dc["residual"], th.h), (th.h, th.t, th.M, th.eta_Y)),
+        ("Gamma_of_h", snap["Gamma_of_h"], (th.h, th.eta_Y, th.eta_Z, th.M, th.K)),
+        ("z_common_of_Gamma", snap["z_common"], (th.Gamma, th.C0)),
+        ("B_of_Gamma", snap["B_of_Gamma"], (th.Gamma, th.C0)),
+    ]
+    specs += [(f"reduced_rhs_{i}", e, th.reduced_state + th.reduced_params) for i, e in enumerate(th.reduced_rhs)]
+    return specs
 
 
-_attention_score = _compile(th.attention_score, (th.prob_l, th.logit_l))
-_decoder_input = _compile(th.decoder_input, (th.attn_l, th.attn_norm))
-_decoder_prob_score = _compile(th.decoder_prob_score, (th.decoder_logit_j, th.decoder_logit_max))
-_decoder_velocity = _compile(th.decoder_velocity, (th.eta_Y, th.input_l, th.target_j, th.prob_out_j))
-_attention_velocity = _compile(th.attention_velocity, (th.eta_Z, th.input_l, th.backprop_l, th.backprop_proj))
-_decoder_rate = _compile(th.decoder_rate, (th.eta_Y, th.M, th.h))
-_speed_coefficient = _compile(th.speed_coefficient, (th.M, th.h))
-_lemma4_term = _compile(th.lemma4_attention_velocity,
-                        (th.eta_Z, th.gamma_sym, th.input_l, th.beta, th.overlap, th.input_other_l))
-_beta_first_order = _compile(th.beta_first_order, (th.overlap,))
-_reduced_rhs = tuple(_compile(e, th.reduced_state + th.reduced_params) for e in th.reduced_rhs)
-_decoder_residual = _compile(th.decoder_closed_form()["residual"], (th.h, th.t, th.M, th.eta_Y))
-_decoder_residual_dh = _compile(sp.diff(th.decoder_closed_form()["residual"], th.h), (th.h, th.t, th.M, th.eta_Y))
-_snap = th.snap_closed_forms()
-_Gamma_of_h = _compile(_snap["Gamma_of_h"], (th.h, th.eta_Y, th.eta_Z, th.M, th.K))
-_z_common_of_Gamma = _compile(_snap["z_common"], (th.Gamma, th.C0))
-_B_of_Gamma = _compile(_snap["B_of_Gamma"], (th.Gamma, th.C0))
+_GENERATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_snap_formulas.py")
 
-COMPILED_FORMULAS = {
-    "attention_score": (_attention_score, th.attention_score, (th.prob_l, th.logit_l)),
-    "decoder_input": (_decoder_input, th.decoder_input, (th.attn_l, th.attn_norm)),
-    "decoder_prob_score": (_decoder_prob_score, th.decoder_prob_score, (th.decoder_logit_j, th.decoder_logit_max)),
-    "decoder_velocity": (_decoder_velocity, th.decoder_velocity, (th.eta_Y, th.input_l, th.target_j, th.prob_out_j)),
-    "attention_velocity": (_attention_velocity, th.attention_velocity,
-                           (th.eta_Z, th.input_l, th.backprop_l, th.backprop_proj)),
-    "decoder_rate": (_decoder_rate, th.decoder_rate, (th.eta_Y, th.M, th.h)),
-    "speed_coefficient": (_speed_coefficient, th.speed_coefficient, (th.M, th.h)),
-    "lemma4_attention_velocity": (_lemma4_term, th.lemma4_attention_velocity,
-                                  (th.eta_Z, th.gamma_sym, th.input_l, th.beta, th.overlap, th.input_other_l)),
-    "decoder_residual": (_decoder_residual, th.decoder_closed_form()["residual"], (th.h, th.t, th.M, th.eta_Y)),
-    "Gamma_of_h": (_Gamma_of_h, _snap["Gamma_of_h"], (th.h, th.eta_Y, th.eta_Z, th.M, th.K)),
-    "z_common_of_Gamma": (_z_common_of_Gamma, _snap["z_common"], (th.Gamma, th.C0)),
-    "B_of_Gamma": (_B_of_Gamma, _snap["B_of_Gamma"], (th.Gamma, th.C0)),
-}
-COMPILED_FORMULAS.update({f"reduced_rhs[{i}]": (f, e, th.reduced_state + th.reduced_params)
-                          for i, (f, e) in enumerate(zip(_reduced_rhs, th.reduced_rhs))})
+
+def _theory_digest() -> str:
+    with open(th.__file__, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def generate_formulas_module(path: str = _GENERATED) -> None:
+    """Write sim/_scan_snap_formulas.py: every formula of `formula_specs` printed by SymPy's Python code
+    printer (with common-subexpression elimination) as an @njit(cache=True) function of plain floats. A real
+    module, unlike lambdify's pseudo-file, lets Numba cache the machine code on disk."""
+    lines = ['"""GENERATED by sim.scan_snap.generate_formulas_module from theory/scan_snap.py: do not edit."""',
+             "import math", "", "import numba", "", f'THEORY_SHA256 = "{_theory_digest()}"', ""]
+    for name, expr, args in formula_specs():
+        subs, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("_x"))
+        lines += ["", "@numba.njit(cache=True)", f"def {name}({', '.join(str(a) for a in args)}):"]
+        lines += [f"    {lhs} = {pycode(rhs, fully_qualified_modules=True)}" for lhs, rhs in subs]
+        lines += [f"    return {pycode(reduced, fully_qualified_modules=True)}", ""]
+    fd, tmp = tempfile.mkstemp(suffix=".py", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def _load_formulas():
+    """Import the generated module, regenerating it first if theory/scan_snap.py changed since."""
+    try:
+        from sim import _scan_snap_formulas as mod
+        if mod.THEORY_SHA256 == _theory_digest():
+            return mod
+    except ImportError:
+        pass
+    generate_formulas_module()
+    import sim._scan_snap_formulas as mod
+    return importlib.reload(mod)
+
+
+_F = _load_formulas()
+_attention_score = _F.attention_score
+_decoder_input = _F.decoder_input
+_decoder_prob_score = _F.decoder_prob_score
+_decoder_velocity = _F.decoder_velocity
+_attention_velocity = _F.attention_velocity
+_decoder_rate = _F.decoder_rate
+_speed_coefficient = _F.speed_coefficient
+_lemma4_term = _F.lemma4_term
+_beta_first_order = _F.beta_first_order
+_decoder_residual = _F.decoder_residual
+_decoder_residual_dh = _F.decoder_residual_dh
+_Gamma_of_h = _F.Gamma_of_h
+_z_common_of_Gamma = _F.z_common_of_Gamma
+_B_of_Gamma = _F.B_of_Gamma
+_reduced_rhs = (_F.reduced_rhs_0, _F.reduced_rhs_1, _F.reduced_rhs_2, _F.reduced_rhs_3)
+
+
+def compiled_formulas() -> dict:
+    """{name: (compiled function, SymPy expression, argument symbols)}, for tests against SymPy."""
+    return {name: (getattr(_F, name), expr, args) for name, expr, args in formula_specs()}
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Dormand-Prince 5(4) coefficients (Dormand & Prince 1980, RK5(4)7M), kept as data
@@ -94,8 +143,8 @@ DP_B4 = np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187
 DP_E = DP_B5 - DP_B4
 
 
-@numba.njit(cache=False)
-def _dp_step(rhs, t, y, p, h, k, ytmp, ynew, yerr):
+@numba.njit(cache=True)
+def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr):
     """One Dormand-Prince step from (t, y) with k[0] = f(t, y) already set; fills k[1..6], ynew, yerr."""
     n = y.size
     for s in range(1, 7):
@@ -104,7 +153,7 @@ def _dp_step(rhs, t, y, p, h, k, ytmp, ynew, yerr):
             for j in range(s):
                 acc += DP_A[s, j] * k[j, i]
             ytmp[i] = y[i] + h * acc
-        rhs(t + DP_C[s] * h, ytmp, p, k[s])
+        _rhs(system, t + DP_C[s] * h, ytmp, p, k[s])
     for i in range(n):
         ynew[i] = ytmp[i]  # stage 7 is evaluated at the 5th-order solution
         acc = 0.0
@@ -113,11 +162,13 @@ def _dp_step(rhs, t, y, p, h, k, ytmp, ynew, yerr):
         yerr[i] = h * acc
 
 
-@numba.njit(cache=False)
-def dopri5(rhs, t_eval, y0, p, rtol, atol, max_steps, out, stats):
+@numba.njit(cache=True)
+def dopri5(system, t_eval, y0, p, rtol, atol, max_steps, out, stats):
     """Adaptive Dormand-Prince 5(4) from t_eval[0] through every t_eval[i]; writes y(t_eval[i]) to out[i].
 
-    rhs(t, y, p, dy) fills dy in place. Error norm: RMS of err_i / (atol + rtol max(|y_i|, |ynew_i|)).
+    system: an integer from `system_id` (right-hand sides are dispatched by number, not passed as functions,
+    so that Numba can cache this on disk); each rhs(t, y, p, dy) fills dy in place.
+    Error norm: RMS of err_i / (atol + rtol max(|y_i|, |ynew_i|)).
     stats = [accepted steps, rejected steps, rhs evaluations, status (0 ok, 1 max_steps, 2 step underflow)].
     """
     n = y0.size
@@ -128,7 +179,7 @@ def dopri5(rhs, t_eval, y0, p, rtol, atol, max_steps, out, stats):
     yerr = np.empty(n)
     t = t_eval[0]
     out[0, :] = y
-    rhs(t, y, p, k[0])
+    _rhs(system, t, y, p, k[0])
     nfev = 1
     # initial step (Hairer et al. II.4): h = 0.01 ||y|| / ||f||, capped by the first output interval
     d0 = 0.0
@@ -153,7 +204,7 @@ def dopri5(rhs, t_eval, y0, p, rtol, atol, max_steps, out, stats):
                 break
             step = min(h, target - t)
             last = step < h
-            _dp_step(rhs, t, y, p, step, k, ytmp, ynew, yerr)
+            _dp_step(system, t, y, p, step, k, ytmp, ynew, yerr)
             nfev += 6
             err = 0.0
             for i in range(n):
@@ -183,8 +234,8 @@ def dopri5(rhs, t_eval, y0, p, rtol, atol, max_steps, out, stats):
     stats[3] = status
 
 
-@numba.njit(cache=False)
-def dopri5_fixed(rhs, t0, t1, y0, p, n_steps, embedded, out):
+@numba.njit(cache=True)
+def dopri5_fixed(system, t0, t1, y0, p, n_steps, embedded, out):
     """n_steps equal Dormand-Prince steps from t0 to t1, written to out. With embedded=False the 5th-order
     weights propagate the solution (global order 5); with embedded=True the 4th-order ones do (order 4)."""
     n = y0.size
@@ -196,17 +247,19 @@ def dopri5_fixed(rhs, t0, t1, y0, p, n_steps, embedded, out):
     h = (t1 - t0) / n_steps
     for s in range(n_steps):
         t = t0 + s * h
-        rhs(t, y, p, k[0])
-        _dp_step(rhs, t, y, p, h, k, ytmp, ynew, yerr)
+        _rhs(system, t, y, p, k[0])
+        _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr)
         for i in range(n):
             y[i] = ynew[i] - yerr[i] if embedded else ynew[i]
     out[:] = y
 
 
-@numba.njit(cache=False, parallel=True)
-def _dopri5_batch(rhs, t_eval, Y0, P, rtol, atol, max_steps, OUT, STATS):
-    for b in numba.prange(Y0.shape[0]):
-        dopri5(rhs, t_eval, Y0[b], P[b], rtol, atol, max_steps, OUT[b], STATS[b])
+@numba.njit(cache=True)
+def _dopri5_batch(system, t_eval, Y0, P, rtol, atol, max_steps, OUT, STATS):
+    # serial on purpose: a parallel (OpenMP) region here left spinning threads that slowed the PyTorch
+    # training run in the same process by ~20x on a 2-core machine
+    for b in range(Y0.shape[0]):
+        dopri5(system, t_eval, Y0[b], P[b], rtol, atol, max_steps, OUT[b], STATS[b])
 
 
 @dataclass(frozen=True)
@@ -224,9 +277,9 @@ class Solution:
         return self.accepted + self.rejected
 
 
-def integrate(rhs, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_000) -> Solution:
-    """Integrate dy/dt = rhs(t, y, p) for a batch: y0 (B, n), params (B, n_p), every row on its own
-    adaptive steps. Raises ValueError on bad input and RuntimeError if a setting fails to finish."""
+def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_000) -> Solution:
+    """Integrate dy/dt = rhs(t, y, p) of `system` (one of SYSTEMS) for a batch: y0 (B, n), params (B, n_p),
+    every row on its own adaptive steps. Raises ValueError on bad input and RuntimeError if a setting fails to finish."""
     t_eval = np.ascontiguousarray(t_eval, dtype=np.float64)
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
     params = np.ascontiguousarray(np.atleast_2d(params), dtype=np.float64)
@@ -238,7 +291,7 @@ def integrate(rhs, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_00
         raise ValueError(f"rtol={rtol}, atol={atol}: both must be > 0")
     out = np.empty((y0.shape[0], t_eval.size, y0.shape[1]))
     stats = np.zeros((y0.shape[0], 4), dtype=np.int64)
-    _dopri5_batch(rhs, t_eval, y0, params, float(rtol), float(atol), int(max_steps), out, stats)
+    _dopri5_batch(system_id(system), t_eval, y0, params, float(rtol), float(atol), int(max_steps), out, stats)
     if np.any(stats[:, 3] != 0):
         bad = int(np.flatnonzero(stats[:, 3])[0])
         raise RuntimeError(f"dopri5: setting {bad} stopped early (status {stats[bad, 3]}: 1 = max_steps, "
@@ -249,7 +302,7 @@ def integrate(rhs, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_00
 # ---------------------------------------------------------------------------------------------------------
 # (a) The reduced Sec. 6 system and its closed form
 # ---------------------------------------------------------------------------------------------------------
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def reduced_rhs(t, y, p, dy):
     """(h(t/K), Gamma, z_common, B_n)' with p = (eta_Y, eta_Z, M, K, C_0); formulas from theory.reduced_rhs."""
     dy[0] = _reduced_rhs[0](y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
@@ -269,10 +322,10 @@ def reduced_params(eta_Y, eta_Z, M, K, C0=1.0) -> np.ndarray:
 
 def integrate_reduced(params, t_eval, rtol=1e-8, atol=1e-10) -> Solution:
     """Integrate the Sec. 6 system from h = Gamma = z = B = 0 for every row of `reduced_params`."""
-    return integrate(reduced_rhs, t_eval, np.zeros((params.shape[0], 4)), params, rtol, atol)
+    return integrate("reduced", t_eval, np.zeros((params.shape[0], 4)), params, rtol, atol)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _decoder_scale_one(tt, M, eta_Y):
     """Solve Lemma 6's implicit form for h at time tt by Newton's method (F convex and increasing in h).
     Start from the upper bound min(ln(M eta_Y t + 1)/M, eta_Y t/(M-1)), so the iterates decrease monotonically."""
@@ -287,7 +340,7 @@ def _decoder_scale_one(tt, M, eta_Y):
     return hh
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _decoder_scale_vec(tt, M, eta_Y, out):
     for i in range(tt.size):
         out[i] = _decoder_scale_one(tt[i], M, eta_Y)
@@ -318,7 +371,7 @@ def speed_coefficient(t, M, K, eta_Y) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Long-sequence attention (Lemma 2 / Eqn. 5) on a class table
 # ---------------------------------------------------------------------------------------------------------
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _class_attention(P, zrow, c):
     """c_l = P_l e^{z_l} / sum (Eqn. 5) over the support of P; returns ||c||. Shifted by max z (invariant)."""
     zmax = -np.inf
@@ -383,7 +436,29 @@ def attention_from_logits(table: ClassTable, Z_rows) -> np.ndarray:
 # parameter layout: [eta_Y, eta_Z, M, K, n_queries, query_row[K], next_token[K], P[K*M]]
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
+def _class_forward(P, zrow, Y, c, f, alpha):
+    """Long-sequence forward pass of one class: c (Eqn. 5), f = c/||c||, alpha = softmax(Y^T f)."""
+    M = P.size
+    norm = _class_attention(P, zrow, c)
+    for l in range(M):
+        f[l] = _decoder_input(c[l], norm)
+    smax = -np.inf
+    for j in range(M):
+        acc = 0.0
+        for l in range(M):
+            acc += Y[l, j] * f[l]
+        alpha[j] = acc
+        smax = max(smax, acc)
+    total = 0.0
+    for j in range(M):
+        alpha[j] = _decoder_prob_score(alpha[j], smax)
+        total += alpha[j]
+    for j in range(M):
+        alpha[j] /= total
+
+
+@numba.njit(cache=True)
 def yz_flow_rhs(t, y, p, dy):
     """E_n[Lemma 1] with classes uniform: state y = [Y (M x M, row-major), Z query rows (n_q x M)]."""
     eta_Y = p[0]
@@ -398,29 +473,13 @@ def yz_flow_rhs(t, y, p, dy):
     dy[:] = 0.0
     c = np.empty(M)
     f = np.empty(M)
-    s = np.empty(M)
     alpha = np.empty(M)
     g = np.empty(M)
     for k in range(K):
         row = int(p[5 + k])
         nxt = int(p[5 + K + k])
         P = p[off_P + k * M: off_P + (k + 1) * M]
-        norm = _class_attention(P, Z[row * M:(row + 1) * M], c)
-        for l in range(M):
-            f[l] = _decoder_input(c[l], norm)
-        smax = -np.inf
-        for j in range(M):
-            acc = 0.0
-            for l in range(M):
-                acc += Y[l, j] * f[l]
-            s[j] = acc
-            smax = max(smax, acc)
-        total = 0.0
-        for j in range(M):
-            alpha[j] = _decoder_prob_score(s[j], smax)
-            total += alpha[j]
-        for j in range(M):
-            alpha[j] /= total
+        _class_forward(P, Z[row * M:(row + 1) * M], Y, c, f, alpha)
         f_dot_g = 0.0
         for l in range(M):
             acc = 0.0
@@ -435,14 +494,20 @@ def yz_flow_rhs(t, y, p, dy):
             dZ[row * M + l] += _attention_velocity(eta_Z, f[l], g[l], f_dot_g) / K
 
 
-def yz_flow_params(table: ClassTable, eta_Y, eta_Z) -> np.ndarray:
-    """(B, n_p) parameters of `yz_flow_rhs` for learning rates broadcast against each other."""
+def _flow_params(table: ClassTable, eta_Y, eta_Z, with_next_tokens: bool) -> np.ndarray:
+    """(B, n_p) rows [eta_Y, eta_Z, M, K, n_q, query_row[K], (next_token[K]), P[K*M]], rates broadcast."""
     eY, eZ = np.broadcast_arrays(np.atleast_1d(np.asarray(eta_Y, float)), np.atleast_1d(np.asarray(eta_Z, float)))
     if np.any(eY <= 0) or np.any(eZ <= 0):
         raise ValueError("eta_Y, eta_Z: learning rates must be > 0")
-    fixed = np.concatenate([[table.n_vocab, table.n_classes, table.n_queries], table.query_rows,
-                            table.next_tokens, table.probabilities.ravel()]).astype(np.float64)
+    parts = [[table.n_vocab, table.n_classes, table.n_queries], table.query_rows]
+    parts += [table.next_tokens] if with_next_tokens else []
+    fixed = np.concatenate(parts + [table.probabilities.ravel()]).astype(np.float64)
     return np.stack([np.concatenate([[a, b], fixed]) for a, b in zip(eY.ravel(), eZ.ravel())])
+
+
+def yz_flow_params(table: ClassTable, eta_Y, eta_Z) -> np.ndarray:
+    """Parameters of `yz_flow_rhs` for learning rates broadcast against each other."""
+    return _flow_params(table, eta_Y, eta_Z, True)
 
 
 @dataclass(frozen=True)
@@ -466,7 +531,7 @@ def integrate_yz_flow(table: ClassTable, eta_Y, eta_Z, t_eval, Y0=None, Z0=None,
         y0[:, :M * M] = np.asarray(Y0, float).reshape(-1, M * M)
     if Z0 is not None:
         y0[:, M * M:] = np.asarray(Z0, float).reshape(-1, nq * M)
-    sol = integrate(yz_flow_rhs, t_eval, y0, params, rtol, atol)
+    sol = integrate("yz_flow", t_eval, y0, params, rtol, atol)
     Y = sol.y[:, :, :M * M].reshape(sol.y.shape[0], -1, M, M)
     Z = sol.y[:, :, M * M:].reshape(sol.y.shape[0], -1, nq, M)
     return YZTrajectory(sol.t, Y, Z, attention_from_logits(table, Z), sol)
@@ -478,7 +543,7 @@ def integrate_yz_flow(table: ClassTable, eta_Y, eta_Z, t_eval, Y0=None, Z0=None,
 # parameter layout: [eta_Y, eta_Z, M, K, n_queries, query_row[K], P[K*M]]
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def lemma4_rhs(t, y, p, dy):
     """State y = [h(t/K), Z query rows]; dz by Eqn. 97 with beta_nn' = f_n . f_n' and gamma of Eqn. 85."""
     eta_Y = p[0]
@@ -512,19 +577,73 @@ def lemma4_rhs(t, y, p, dy):
 
 
 def lemma4_params(table: ClassTable, eta_Y, eta_Z) -> np.ndarray:
-    eY, eZ = np.broadcast_arrays(np.atleast_1d(np.asarray(eta_Y, float)), np.atleast_1d(np.asarray(eta_Z, float)))
-    if np.any(eY <= 0) or np.any(eZ <= 0):
-        raise ValueError("eta_Y, eta_Z: learning rates must be > 0")
-    fixed = np.concatenate([[table.n_vocab, table.n_classes, table.n_queries], table.query_rows,
-                            table.probabilities.ravel()]).astype(np.float64)
-    return np.stack([np.concatenate([[a, b], fixed]) for a, b in zip(eY.ravel(), eZ.ravel())])
+    """Parameters of `lemma4_rhs` for learning rates broadcast against each other."""
+    return _flow_params(table, eta_Y, eta_Z, False)
 
 
 def integrate_lemma4(table: ClassTable, eta_Y, eta_Z, t_eval, rtol=1e-9, atol=1e-12) -> dict:
     """Integrate Lemma 4 from h = 0, Z = 0; returns {'t', 'h', 'Z' (B, T, n_q, M), 'attention', 'solution'}."""
     params = lemma4_params(table, eta_Y, eta_Z)
     y0 = np.zeros((params.shape[0], 1 + table.n_queries * table.n_vocab))
-    sol = integrate(lemma4_rhs, t_eval, y0, params, rtol, atol)
+    sol = integrate("lemma4", t_eval, y0, params, rtol, atol)
     Z = sol.y[:, :, 1:].reshape(sol.y.shape[0], -1, table.n_queries, table.n_vocab)
     return {"t": sol.t, "h": sol.y[:, :, 0], "Z": Z, "attention": attention_from_logits(table, Z),
             "solution": sol}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The back-propagated signal g_n = Y (e_n - alpha_n) of Theorem 1 (Eqn. 9), measured on any (Y, Z)
+# ---------------------------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
+    K, M = P.shape
+    c = np.empty(M)
+    f = np.empty(M)
+    alpha = np.empty(M)
+    for k in range(K):
+        _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha)
+        sq = 0.0
+        for l in range(M):
+            acc = 0.0
+            for j in range(M):
+                acc += Y[l, j] * ((1.0 if j == next_tokens[k] else 0.0) - alpha[j])
+            sq += acc * acc
+        out[k] = np.sqrt(sq)
+
+
+def backprop_norms(table: ClassTable, Y, Z_rows) -> np.ndarray:
+    """||g_n|| = ||Y (e_n - alpha_n)|| per class (Theorem 1: g_n = gamma (iota_n f_n - ...), so it tracks
+    gamma(t) of Eqn. 85), with f_n from Eqn. 5. Y (..., M, M), Z_rows (..., n_q, M) -> (..., K)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    Z_rows = np.asarray(Z_rows, dtype=np.float64)
+    lead = Y.shape[:-2]
+    Yf = Y.reshape(-1, table.n_vocab, table.n_vocab)
+    Zf = Z_rows.reshape(-1, table.n_queries, table.n_vocab)
+    out = np.empty((Yf.shape[0], table.n_classes))
+    for b in range(Yf.shape[0]):
+        _backprop_norms(table.probabilities, table.query_rows, table.next_tokens, np.ascontiguousarray(Yf[b]),
+                        np.ascontiguousarray(Zf[b]), out[b])
+    return out.reshape(lead + (table.n_classes,))
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Right-hand sides by number (first-class function arguments would stop Numba's on-disk cache)
+# ---------------------------------------------------------------------------------------------------------
+SYSTEMS = ("reduced", "yz_flow", "lemma4")
+
+
+def system_id(system: str) -> int:
+    if system not in SYSTEMS:
+        raise ValueError(f"system={system!r}: allowed {SYSTEMS}")
+    return SYSTEMS.index(system)
+
+
+@numba.njit(cache=True)
+def _rhs(system, t, y, p, dy):
+    if system == 0:
+        reduced_rhs(t, y, p, dy)
+    elif system == 1:
+        yz_flow_rhs(t, y, p, dy)
+    else:
+        lemma4_rhs(t, y, p, dy)
