@@ -1,30 +1,36 @@
 """Batched training of the phase-diagram grid against the sequential loop, and its FLOP rate.
 
-One run measures three things on this machine, with the same torch thread count:
-  1. the default grid's models (validate.phase_diagram defaults: every (point, seed), default model, batch of
-     sequences and task) trained for a few steps the way the command does it (validate.batched_train,
-     ``models_per_batch`` models vmapped together, batch after batch);
-  2. the same models, same steps, trained one after another (train_sequential): the baseline;
-  3. a dense fp32 matmul (1024 x 1024 x 1024) as the machine's attainable FLOP rate.
-Rows: batched speed-up over sequential (ratio = sequential time / batched time), and the batched FLOP rate
-(FLOPs counted by torch.utils.flop_counter for one training step) as a fraction of the matmul rate.
-The machine may be shared: both sides of each ratio are measured in the same run, interleaved, best of
-``repeats``, so contention hits both.
+One run measures, on this machine:
+  1. the default grid's models (every (point, seed) of `python -m validate.phase_diagram`'s defaults: same
+     model, batch of sequences, task, workers and threads) trained for a few steps exactly the way the
+     command does it: validate.sweep over the local worker processes, ``models_per_batch`` models vmapped
+     together per task (validate.batched_train.train_batched);
+  2. the same models, same steps, same sweep and workers, but one model per task trained through its own
+     forward (train_sequential): the sequential loop, the baseline;
+  3. a dense fp32 1024^3 matmul in each worker process at the same thread count, summed over the workers:
+     this machine's attainable dense-matmul FLOP rate for that process layout.
+Rows: the batched speed-up (sequential time / batched time), and the batched FLOP rate (FLOPs of one
+training step counted by torch.utils.flop_counter, times steps, over the batched wall time) as a fraction of
+the matmul rate. Both sides of each ratio run in the same run, on the same warm worker pool; on a shared
+machine the contention hits both (best of ``repeats``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 
 import torch
 
-from validate.batched_train import TrainConfig, train_batched, train_sequential, training_step_flops
-from validate.phase_diagram import PhaseDiagramConfig, params_at
+from validate.batched_train import TrainPoints, training_step_flops
+from validate.phase_diagram import PhaseDiagramConfig
+from validate.sweep import SweepStore, make_executor, run_sweep
 
 
-def dense_matmul_flop_rate(size: int = 1024, seconds: float = 1.0) -> float:
-    """FLOP/s of a dense fp32 size^3 matmul (best of 5 timed bursts) with the current thread count."""
+def dense_matmul_flop_rate(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of a dense fp32 size^3 matmul with ``threads`` torch threads (best of 5 timed bursts)."""
+    torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(3):
         a @ b
@@ -38,54 +44,61 @@ def dense_matmul_flop_rate(size: int = 1024, seconds: float = 1.0) -> float:
     return best
 
 
-def _grid_models(cfg: PhaseDiagramConfig, limit: int | None):
-    items = [(params_at(cfg.base, p), s) for p in cfg.train_points() for s in cfg.seeds]
-    return items[:limit] if limit else items
+def _concurrent_matmul_rate(pool, workers: int, threads: int) -> float:
+    """All workers time the matmul at once (as they train at once); their rates add up."""
+    futures = [pool.submit(dense_matmul_flop_rate, threads) for _ in range(workers)]
+    return sum(f.result() for f in futures)
 
 
-def _time_batched(items, train: TrainConfig, models_per_batch: int) -> float:
-    start = time.perf_counter()
-    for i in range(0, len(items), models_per_batch):
-        chunk = items[i:i + models_per_batch]
-        train_batched([h for h, _ in chunk], [s for _, s in chunk], train)
-    return time.perf_counter() - start
-
-
-def _time_sequential(items, train: TrainConfig) -> float:
-    start = time.perf_counter()
-    train_sequential([h for h, _ in items], [s for _, s in items], train)
-    return time.perf_counter() - start
+def _timed_sweep(task, points, seeds, pool, batch_size: int) -> float:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = SweepStore(f"{scratch}/bench.sqlite", "bench")
+        start = time.perf_counter()
+        run_sweep(task, points, seeds, store, batch_size=batch_size, executor=pool)
+        return time.perf_counter() - start
 
 
 def run(quick: bool = False) -> list[dict]:
     cfg = PhaseDiagramConfig()
-    steps, limit, repeats = (2, 12, 1) if quick else (6, None, 2)
-    # few steps and a tiny test set: the benchmark times training steps, which is what the sweep spends
+    steps, repeats = (2, 1) if quick else (8, 2)
+    points = cfg.train_points()[:6] if quick else cfg.train_points()
+    seeds = list(cfg.seeds)
+    # a few steps and a tiny test set: the benchmark times training steps, which is what a sweep spends
     train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, test_size=8)
-    torch.set_num_threads(train.threads)
-    items = _grid_models(cfg, limit)
-    warm = dataclasses.replace(train, steps=1)
-    _time_batched(items[:2], warm, 2)
-    _time_sequential(items[:1], warm)
+    batched = TrainPoints(cfg.base, train)
+    sequential = TrainPoints(cfg.base, train, sequential=True)
+    workers = max(cfg.workers, 1)
+    batch_size = min(cfg.models_per_batch, len(points) * len(seeds))
 
-    batched_s, sequential_s, matmul_rate = float("inf"), float("inf"), 0.0
-    for _ in range(repeats):
-        matmul_rate = max(matmul_rate, dense_matmul_flop_rate())
-        batched_s = min(batched_s, _time_batched(items, train, cfg.models_per_batch))
-        sequential_s = min(sequential_s, _time_sequential(items, train))
-    batch_sizes = [min(cfg.models_per_batch, len(items) - i) for i in range(0, len(items), cfg.models_per_batch)]
-    flops = steps * sum(training_step_flops(m, train) for m in sorted(set(batch_sizes))
-                        for _ in range(batch_sizes.count(m)))
+    with make_executor(max_workers=workers) as pool:
+        warm = dataclasses.replace(train, steps=1)    # spawn + import + first-call costs, paid before timing
+        _timed_sweep(TrainPoints(cfg.base, warm), points[:workers], seeds[:1], pool, 1)
+        batched_s = sequential_s = float("inf")
+        matmul_rate = 0.0
+        for _ in range(repeats):
+            matmul_rate = max(matmul_rate, _concurrent_matmul_rate(pool, workers, train.threads))
+            batched_s = min(batched_s, _timed_sweep(batched, points, seeds, pool, batch_size))
+            sequential_s = min(sequential_s, _timed_sweep(sequential, points, seeds, pool, 1))
+
+    n_models = len(points) * len(seeds)
+    sizes = [min(batch_size, n_models - i) for i in range(0, n_models, batch_size)]
+    torch.set_num_threads(train.threads)
+    flops_per_size = {m: training_step_flops(m, train) for m in set(sizes)}
+    flops = steps * sum(flops_per_size[m] for m in sizes)
     achieved = flops / batched_s
-    shape = (f"{len(items)} models (depth {train.depth}, width {train.width}, d_ff {train.d_ff}, "
-             f"{train.batch}x{train.task.n_tokens} tokens/step), {steps} steps, {train.threads} threads")
+    shape = (f"{n_models} models (depth {train.depth}, width {train.width}, d_ff {train.d_ff}, "
+             f"{train.batch}x{train.task.n_tokens} tokens/step), {steps} steps, {workers} workers x "
+             f"{train.threads} thread(s)")
     rows = [
         {"name": "phase_diagram: batched (vmap) training vs sequential loop",
          "baseline": f"sequential {sequential_s:.2f} s", "ratio": sequential_s / batched_s,
-         "detail": f"batched {batched_s:.2f} s; {shape}; batches of {cfg.models_per_batch}"},
+         "detail": f"batched {batched_s:.2f} s ({batch_size} models per task); {shape}"},
         {"name": "phase_diagram: batched training FLOP rate / dense matmul FLOP rate",
-         "baseline": f"matmul 1024^3 {matmul_rate / 1e9:.1f} GFLOP/s", "ratio": achieved / matmul_rate,
-         "detail": f"batched {achieved / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP counted by FlopCounterMode)"},
+         "baseline": f"matmul 1024^3 {matmul_rate / 1e9:.1f} GFLOP/s ({workers} workers x {train.threads} "
+                     "thread(s))",
+         "ratio": achieved / matmul_rate,
+         "detail": f"batched {achieved / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP counted by FlopCounterMode, "
+                   "forward + backward, optimizer and evaluation not counted)"},
     ]
     for row in rows:
         print(f"{row['name']}: ratio {row['ratio']:.2f} (baseline {row['baseline']}; {row['detail']})")

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from theory.signal_prop import BlockParams
-from validate.batched_train import PhaseModel, TrainConfig, build_models, train_batched, train_sequential
-from validate.phase_diagram import QUICK, PhaseDiagramConfig, TrainPoints, main, params_at
+from validate.batched_train import (PhaseModel, TrainConfig, TrainPoints, build_models, params_at, train_batched,
+                                   train_sequential)
+from validate.phase_diagram import QUICK, PhaseDiagramConfig, main
 from validate.phase_task import HistogramTask
 from validate.sweep import SweepStore, run_sweep
 
@@ -164,7 +165,9 @@ def test_help_lists_every_flag(capsys):
 
 def test_dask_local_cluster_stores_the_same_quick_grid_as_local_processes(tmp_path):
     distributed = pytest.importorskip("distributed")
-    quick_train = TrainConfig(**{**TrainConfig().to_dict(), "task": HistogramTask(), **QUICK["train"]})
+    # the --quick grid and model; 30 of its 150 steps suffice to compare stored numbers (and keep CI short)
+    quick_train = TrainConfig(**{**TrainConfig().to_dict(), "task": HistogramTask(), **QUICK["train"],
+                                 "steps": 30, "eval_every": 10})
     cfg = PhaseDiagramConfig(grid=QUICK["grid"], train=quick_train)
     task, points = TrainPoints(cfg.base, cfg.train), cfg.train_points()
     local = SweepStore(tmp_path / "local.sqlite", cfg.sweep_name())

@@ -39,13 +39,14 @@ class TrainConfig:
     depth: int = 16
     width: int = 64
     d_ff: int = 64
-    steps: int = 300
+    steps: int = 400
     batch: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
+    schedule: str = "cosine"
     test_size: int = 512
     eval_every: int = 50
-    threads: int = 2
+    threads: int = 1
     task: HistogramTask = field(default_factory=HistogramTask)
 
     def __post_init__(self):
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}: must be a positive finite number")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer={self.optimizer!r}: allowed values are ('adam', 'sgd')")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule={self.schedule!r}: allowed values are ('cosine', 'constant')")
         if not isinstance(self.task, HistogramTask):
             raise ValueError(f"task={self.task!r}: must be a validate.phase_task.HistogramTask")
 
@@ -99,6 +102,36 @@ class PhaseModel(nn.Module):
         return layer_norm(x) @ self.readout
 
 
+def params_at(base: BlockParams, point: dict) -> BlockParams:
+    """The BlockParams of a sweep point {field: value}; the field "alpha" sets alpha_A = alpha_M."""
+    changes = {}
+    for name, value in point.items():
+        if name == "alpha":
+            changes.update(alpha_A=value, alpha_M=value)
+        else:
+            changes[name] = value
+    return base.replace(**changes)
+
+
+@dataclass(frozen=True)
+class TrainPoints:
+    """A validate.sweep task: train the models of a batch of (point, seed) pairs (picklable).
+
+    sequential=False trains them together (train_batched); True one after another (train_sequential, the
+    benchmark's baseline).
+    """
+
+    base: BlockParams
+    train: TrainConfig
+    device: str = "cpu"
+    sequential: bool = False
+
+    def __call__(self, items: list[tuple[dict, int]]) -> list[dict]:
+        trainer = train_sequential if self.sequential else train_batched
+        return trainer([params_at(self.base, p) for p, _ in items], [s for _, s in items], self.train,
+                       self.device)
+
+
 def build_models(params_list: list[BlockParams], seeds: list[int], config: TrainConfig) -> list[PhaseModel]:
     """One initialized model per (params, seed); the init depends only on its own pair, not on the batch."""
     return [PhaseModel(h, config).reset_parameters(torch.Generator().manual_seed(int(s)))
@@ -110,9 +143,14 @@ def _train_stream(seed: int) -> torch.Generator:
 
 
 def _make_optimizer(tensors, config: TrainConfig):
-    if config.optimizer == "adam":
-        return torch.optim.Adam(tensors, lr=config.lr)
-    return torch.optim.SGD(tensors, lr=config.lr)
+    """The optimizer and its learning-rate schedule (cosine decay to 0 damps the end-of-training noise)."""
+    optimizer = (torch.optim.Adam(tensors, lr=config.lr) if config.optimizer == "adam"
+                 else torch.optim.SGD(tensors, lr=config.lr))
+    if config.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    else:
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    return optimizer, schedule
 
 
 def _eval_steps(config: TrainConfig) -> list[int]:
@@ -157,7 +195,7 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
 
     batched = torch.func.vmap(one_model, in_dims=(0, 0, 0))
     batched_eval = torch.func.vmap(one_model, in_dims=(0, 0, None))
-    optimizer = _make_optimizer(list(params.values()), config)
+    optimizer, schedule = _make_optimizer(list(params.values()), config)
     task = config.task
     distinct_seeds = sorted(set(int(s) for s in seeds))
     seed_index = torch.tensor([distinct_seeds.index(int(s)) for s in seeds], device=device)
@@ -200,6 +238,7 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
             for tensor in params.values():   # dead models: zero gradient, so they stay put and stay apart
                 tensor.grad.copy_(torch.where(alive.view(-1, *[1] * (tensor.dim() - 1)), tensor.grad, 0.0))
         optimizer.step()
+        schedule.step()
         for i in torch.nonzero(newly_dead).flatten().tolist():
             records[i]["diverged_at"] = step
         for record, l_value, g_value, ok in zip(records, loss.tolist(), grad_sq.sqrt().tolist(), alive.tolist()):
@@ -220,7 +259,7 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
     records = []
     for model, seed in zip(build_models(params_list, seeds, config), seeds):
         model.to(device)
-        optimizer = _make_optimizer(list(model.parameters()), config)
+        optimizer, schedule = _make_optimizer(list(model.parameters()), config)
         stream = _train_stream(seed)
         record, alive = _new_record(config), True
 
@@ -239,6 +278,7 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
             if not alive:   # keep the data stream aligned with the batched run; the model is frozen
                 record["train_loss"].append(None)
                 record["grad_norm"].append(None)
+                schedule.step()
                 continue
             loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), labels.flatten())
             optimizer.zero_grad()
@@ -248,8 +288,10 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
                 alive, record["diverged_at"] = False, step
                 record["train_loss"].append(None)
                 record["grad_norm"].append(None)
+                schedule.step()
                 continue
             optimizer.step()
+            schedule.step()
             record["train_loss"].append(loss.item())
             record["grad_norm"].append(grad_sq.sqrt().item())
         records.append(_finish(record, config))

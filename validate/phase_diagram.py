@@ -7,8 +7,9 @@ loss." This command puts that to a test on one plane of initialization hyperpara
 alpha_A = alpha_M against sigma_w, the others fixed):
 
 1. Predicted maps of the angle and gradient exponents (sim.signal_prop.exponent_grid, Numba) on a dense
-   plane, their zero curves and the predicted critical point (sim.signal_prop.critical_point where the
-   curves cross inside the plane; else the point of the dense map nearest to both zeros).
+   plane, their zero curves and the predicted critical point (sim.signal_prop.critical_point, bounded to
+   the plane's window: where both vanish, or, where they never vanish together, the window's point of
+   smallest lambda_a^2 + lambda_g^2).
 2. Real training on a coarser grid of the same plane: the canonical deep transformer (validate.transformer,
    inside validate.batched_train.PhaseModel), one model per (point, seed), all trained identically on the
    noisy token-histogram task (validate.phase_task) and batched over a model axis; every (point, seed)
@@ -41,9 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.signal_prop import GRID_FIELDS, exponent_grid
+from sim.signal_prop import GRID_FIELDS, critical_point, exponent_grid
 from theory.signal_prop import ACTIVATIONS, RESIDUALS, BlockParams
-from validate.batched_train import TrainConfig, train_batched
+from validate.batched_train import TrainConfig, TrainPoints, params_at
 from validate.phase_task import HistogramTask
 from validate.signal_prop import format_table, versions, write_json
 from validate.sweep import SweepStore, point_key, run_sweep
@@ -66,7 +67,7 @@ class PhaseDiagramConfig:
     base: BlockParams = field(default_factory=lambda: BlockParams(n_tokens=HistogramTask().n_tokens))
     train: TrainConfig = field(default_factory=TrainConfig)
     models_per_batch: int = 12
-    workers: int = 1
+    workers: int = 2
     scheduler: str | None = None
     device: str = "cpu"
     out: str = "runs/phase_diagram"
@@ -142,30 +143,6 @@ def _params_dict(h: BlockParams) -> dict:
     return d
 
 
-def params_at(base: BlockParams, point: dict) -> BlockParams:
-    """The BlockParams of a grid point; the field "alpha" sets alpha_A = alpha_M."""
-    changes = {}
-    for name, value in point.items():
-        if name == "alpha":
-            changes.update(alpha_A=value, alpha_M=value)
-        else:
-            changes[name] = value
-    return base.replace(**changes)
-
-
-@dataclass(frozen=True)
-class TrainPoints:
-    """The sweep task: train the models of a batch of (point, seed) pairs together (picklable)."""
-
-    base: BlockParams
-    train: TrainConfig
-    device: str = "cpu"
-
-    def __call__(self, items: list[tuple[dict, int]]) -> list[dict]:
-        return train_batched([params_at(self.base, p) for p, _ in items], [s for _, s in items],
-                             self.train, self.device)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Predictions
 # ----------------------------------------------------------------------------------------------------
@@ -174,46 +151,18 @@ def exponent_distance(angle, gradient):
     return np.hypot(angle, gradient)
 
 
-def predicted_critical_point(cfg: PhaseDiagramConfig, map_angle, map_gradient) -> dict:
-    """Where both exponents vanish on the plane (sim.signal_prop.critical_point), if inside the window;
-    otherwise the dense-map point nearest to both zeros (smallest |lambda|), flagged as such."""
-    xs, ys = cfg.map_axes()
-    distance = exponent_distance(map_angle, map_gradient)
-    iy, ix = np.unravel_index(np.nanargmin(distance), distance.shape)
-    fallback = {cfg.x_field: float(xs[ix]), cfg.y_field: float(ys[iy]), "method": "dense-map argmin |lambda|",
-                "residual_lambda": float(distance[iy, ix])}
-    try:
-        from sim.signal_prop import critical_point
-    except ImportError:
-        return fallback | {"note": "sim.signal_prop.critical_point not available"}
-    try:
-        found = critical_point(cfg.base, free=(cfg.x_field, cfg.y_field))
-    except (ValueError, RuntimeError) as error:
-        return fallback | {"note": f"critical_point: {error}"}
-    solution = _critical_solution(found, cfg)
-    if solution is None:
-        return fallback | {"note": f"critical_point returned {found!r}"}
-    inside = (cfg.x_range[0] <= solution[cfg.x_field] <= cfg.x_range[1]
-              and cfg.y_range[0] <= solution[cfg.y_field] <= cfg.y_range[1])
-    if not inside:
-        return fallback | {"note": f"critical_point {solution} lies outside the plane's window"}
-    return solution | {"method": "sim.signal_prop.critical_point"}
-
-
-def _critical_solution(found, cfg: PhaseDiagramConfig) -> dict | None:
-    """Read the two free values from critical_point's answer (a BlockParams, a mapping, or a pair)."""
-    values = {}
-    for name in (cfg.x_field, cfg.y_field):
-        source = "alpha_A" if name == "alpha" else name
-        if isinstance(found, BlockParams):
-            values[name] = float(getattr(found, source))
-        elif isinstance(found, dict) and (name in found or source in found):
-            values[name] = float(found.get(name, found.get(source)))
-        elif hasattr(found, name) or hasattr(found, source):
-            values[name] = float(getattr(found, name, getattr(found, source, math.nan)))
-        else:
-            return None
-    return values if all(math.isfinite(v) for v in values.values()) else None
+def predicted_critical_point(cfg: PhaseDiagramConfig) -> dict:
+    """Where both exponents vanish inside the plane's window (sim.signal_prop.critical_point, bounded to
+    the window). If they never vanish together there (exact=False), it is the window's point of smallest
+    lambda_a^2 + lambda_g^2, and the record says so."""
+    found = critical_point(cfg.base, free=(cfg.x_field, cfg.y_field), bounds=(cfg.x_range, cfg.y_range))
+    values = {name: float(getattr(found.params, "alpha_A" if name == "alpha" else name))
+              for name in (cfg.x_field, cfg.y_field)}
+    return values | {
+        "method": "sim.signal_prop.critical_point", "exact": bool(found.exact),
+        "angle_exponent": float(found.angle), "gradient_exponent": float(found.gradient),
+        "note": ("both exponents vanish here" if found.exact else "the exponents do not both vanish inside "
+                 "the window: this is its point of smallest lambda_a^2 + lambda_g^2")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,7 +411,7 @@ def run(cfg: PhaseDiagramConfig, quiet: bool = False) -> dict:
     map_angle, map_gradient = exponent_grid(cfg.base, cfg.x_field, mx, cfg.y_field, my)
     tx, ty = cfg.train_axes()
     train_angle, train_gradient = exponent_grid(cfg.base, cfg.x_field, tx, cfg.y_field, ty)
-    critical = predicted_critical_point(cfg, map_angle, map_gradient)
+    critical = predicted_critical_point(cfg)
     map_s = time.perf_counter() - start
 
     store = SweepStore(cfg.store_path(), cfg.sweep_name())
@@ -517,9 +466,9 @@ def params_exponents(cfg: PhaseDiagramConfig, point: dict, maps: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------
-QUICK = {"grid": (3, 3), "map_points": 200, "models_per_batch": 18, "figure": None,
-         "train": {"depth": 4, "width": 32, "d_ff": 32, "steps": 60, "batch": 8, "test_size": 128,
-                   "eval_every": 20}}
+QUICK = {"grid": (3, 3), "map_points": 200, "models_per_batch": 9, "figure": None,
+         "train": {"depth": 4, "width": 32, "d_ff": 32, "steps": 150, "batch": 32, "test_size": 256,
+                   "eval_every": 50}}
 
 
 def _parse_base(pairs: list[str], parser) -> dict:
@@ -570,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--lr", type=float, default=t.lr, help="learning rate (default %(default)s)")
     training.add_argument("--optimizer", default=t.optimizer, choices=("adam", "sgd"),
                           help="optimizer (default %(default)s)")
+    training.add_argument("--schedule", default=t.schedule, choices=("cosine", "constant"),
+                          help="learning-rate schedule (default %(default)s)")
     training.add_argument("--test-size", type=int, default=t.test_size,
                           help="held-out test sequences (default %(default)s)")
     training.add_argument("--eval-every", type=int, default=t.eval_every,
@@ -597,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     execution.add_argument("--figure", default=d.figure,
                            help="also write the figure here ('none' to skip; default %(default)s)")
     execution.add_argument("--quick", action="store_true",
-                           help="smoke preset: 3x3 grid, depth 4, width 32, 60 steps (about a minute)")
+                           help="smoke preset: 3x3 grid, depth 4, width 32, 150 steps (under a minute on a quiet machine)")
     execution.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -606,7 +557,7 @@ def parse_args(argv=None) -> tuple[PhaseDiagramConfig, bool]:
     parser = build_parser()
     args = parser.parse_args(argv)
     train_values = {"depth": args.depth, "width": args.width, "d_ff": args.d_ff, "steps": args.steps,
-                    "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+                    "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer, "schedule": args.schedule,
                     "test_size": args.test_size, "eval_every": args.eval_every, "threads": args.threads}
     values = {"x_field": args.x_field, "x_range": tuple(args.x_range), "y_field": args.y_field,
               "y_range": tuple(args.y_range), "map_points": args.map_points, "grid": tuple(args.grid),

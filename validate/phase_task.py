@@ -32,8 +32,8 @@ class HistogramTask:
     n_tokens: sequence length n (also the number of classes); vocab: alphabet size; noise: label-noise rate.
     """
 
-    n_tokens: int = 16
-    vocab: int = 8
+    n_tokens: int = 8
+    vocab: int = 4
     noise: float = 0.1
 
     def __post_init__(self):
