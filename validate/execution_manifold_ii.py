@@ -23,6 +23,7 @@ the metrics and the figure paths; the lead's command appends them to its own tab
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -161,7 +162,7 @@ class PartTwoConfig:
 
 
 QUICK = dict(steps=1500, snapshot_every=50, n_layers=2, d_model=64, lr=1e-3, sae_steps=1000, sae_examples=4096,
-             sae_d=128, sae_k=8, ablation_sizes=(1, 3, 6), random_ablation_draws=3)
+             sae_d=128, sae_k=8, ablation_sizes=(1, 3, 6), random_ablation_draws=3, commutator_samples=5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,13 +216,16 @@ class CommutatorProbe:
                                                         "window", upto=index, window=cfg.window)
                   if has_basis else None)
         dtype = torch.float64 if cfg.commutator_precision == "float64" else None
+        # one float64 copy per snapshot serves every sample (measure_commutator restores it after each)
+        working = copy.deepcopy(model).to(dtype) if dtype is not None else model
         samples, pairs = [], []
         for _ in range(cfg.commutator_samples):
             m_a, m_b = (self.task.markers_at_step(0, self.generator) for _ in range(2))
             a = sample_batch(self.task, m_a, self.generator).to(cfg.device)
             b = sample_batch(self.task, m_b, self.generator).to(cfg.device)
-            samples.append(comm.measure_commutator(model, _loss, a, b, cfg.commutator_lr, dtype=dtype))
+            samples.append(comm.measure_commutator(working, _loss, a, b, cfg.commutator_lr))
             pairs.append((m_a, m_b, a, b))
+        del working
         defects = np.array([s.defect for s in samples])
         finite = np.isfinite(defects)
         median_index = (int(np.argsort(np.where(finite, defects, np.inf))[finite.sum() // 2])
@@ -772,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
     p.add_argument("--commutator-lr", type=float, default=d.commutator_lr, help=f"eta (default {d.commutator_lr})")
     p.add_argument("--commutator-samples", type=int, default=d.commutator_samples,
-                   help=f"commutators per snapshot (default {d.commutator_samples})")
+                   help=f"commutators per snapshot (default {d.commutator_samples}; with --quick "
+                        f"{QUICK['commutator_samples']})")
     p.add_argument("--commutator-precision", choices=("float64", "float32"), default=d.commutator_precision,
                    help="float64 (default: paths on a float64 copy) or float32 (in place, as the code)")
     p.add_argument("--k-per-block", type=int, default=d.k_per_block, help=f"K_b (default {d.k_per_block})")
@@ -801,6 +806,8 @@ def config_from_args(args) -> PartTwoConfig:
     if args.quick:
         for field in ("ablation_sizes", "random_ablation_draws"):
             values[field] = QUICK[field]
+        if args.commutator_samples == PartTwoConfig().commutator_samples:
+            values["commutator_samples"] = QUICK["commutator_samples"]
     if args.lr is None and not args.quick and args.optimizer == "sgd":
         values["lr"] = 1e-3
     return PartTwoConfig(**values)

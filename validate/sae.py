@@ -213,7 +213,9 @@ def collect_residuals(model, task: TaskConfig, layer: int, site: str = "readout"
                                  "token": batch.tokens[torch.arange(per_m), position].numpy(),
                                  "y": batch.labels.numpy(), "partial_sum": partial[:, i].numpy()})
     variables = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
-    categorical = ("y", "last_value", "readout_token") if site == "readout" else ("token", "y", "partial_sum")
+    # positions are categories too (a latent may fire at one position only, which no linear score sees)
+    categorical = (("y", "last_value", "readout_token", "readout_distance") if site == "readout"
+                   else ("token", "y", "partial_sum", "position"))
     return Activations(torch.cat(vectors), variables, categorical, layer, site)
 
 
