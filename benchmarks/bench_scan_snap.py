@@ -2,8 +2,9 @@
 
 Both integrators are Dormand-Prince 5(4) with the same error norm, run at the same rtol/atol on the same
 compiled right-hand side (solve_ivp calls the @njit function from Python), so the ratio measures the
-integrator, not the formula. Accuracy: max |y - y_ref| over the batch and output times, against a tight
-reference (sim at rtol 1e-12). Rows: the Sec. 6 reduced system (4 states), Lemma 4 on Syn-Small
+integrator, not the formula. Accuracy: max |y - y_ref| / (|y_ref| + atol) over the batch and output times,
+against a tight reference (sim at rtol 1e-12); the detail also gives the ratio at equal accuracy (the loosest
+Numba tolerance whose error stays at or below scipy's). Rows: the Sec. 6 reduced system (4 states), Lemma 4 on Syn-Small
 (69 states) and the exact Lemma 1 flow on Syn-Small (1224 states), each on 64 (eta_Y, eta_Z) settings.
 """
 from __future__ import annotations
@@ -38,6 +39,20 @@ def _problems(n):
             ("Lemma 1 flow, Syn-Small", "yz_flow", ss.yz_flow_rhs, yz, np.zeros((n, n_yz)), np.linspace(0, 100, 21))]
 
 
+def _best_of(repeats, fn):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _rel_error(y, ref) -> float:
+    """max over settings, times and components of |y - ref| / (|ref| + ATOL)."""
+    return float(np.max(np.abs(y - ref) / (np.abs(ref) + ATOL)))
+
+
 def _scipy_batch(rhs, params, y0, t_eval):
     out = np.empty((params.shape[0], t_eval.size, y0.shape[1]))
     nfev = 0
@@ -59,26 +74,31 @@ def _scipy_batch(rhs, params, y0, t_eval):
 
 def run(quick: bool = False) -> list[dict]:
     n = 16 if quick else 64
+    repeats = 1 if quick else 3  # best of 3: the machine is shared, the minimum is the least disturbed
     rows = []
     for name, system, rhs, params, y0, t_eval in _problems(n):
         ss.integrate(system, t_eval, y0[:1], params[:1], RTOL, ATOL)  # compile (or load the cache) first
         ref = ss.integrate(system, t_eval, y0, params, 1e-12, 1e-14).y
-        start = time.perf_counter()
-        mine = ss.integrate(system, t_eval, y0, params, RTOL, ATOL)
-        t_numba = time.perf_counter() - start
+        t_numba, mine = _best_of(repeats, lambda: ss.integrate(system, t_eval, y0, params, RTOL, ATOL))
         f = np.empty_like(y0[0])
         rhs(0.0, y0[0].copy(), params[0], f)  # warm the Python-side dispatch too
-        start = time.perf_counter()
-        theirs, nfev = _scipy_batch(rhs, params, y0, t_eval)
-        t_scipy = time.perf_counter() - start
-        err_n = float(np.max(np.abs(mine.y - ref)))
-        err_s = float(np.max(np.abs(theirs - ref)))
+        t_scipy, (theirs, nfev) = _best_of(repeats, lambda: _scipy_batch(rhs, params, y0, t_eval))
+        err_n, err_s = _rel_error(mine.y, ref), _rel_error(theirs, ref)
+        # equal accuracy: the loosest Numba tolerance whose error is still <= scipy's at RTOL
+        t_equal, rtol_equal = t_numba, RTOL
+        for rtol in (3e-7, 1e-6, 3e-6, 1e-5):
+            elapsed, trial = _best_of(repeats, lambda: ss.integrate(system, t_eval, y0, params, rtol,
+                                                                     rtol * ATOL / RTOL))
+            if _rel_error(trial.y, ref) > err_s:
+                break
+            t_equal, rtol_equal = elapsed, rtol
         rows.append({"name": f"scan_snap: {name}, {n} settings, rtol={RTOL:g}",
                      "baseline": "scipy.integrate.solve_ivp RK45, same compiled rhs",
                      "ratio": t_scipy / t_numba,
                      "detail": f"numba {t_numba:.3f} s ({int(mine.nfev.sum())} rhs evals, max err {err_n:.1e}); "
                                f"scipy {t_scipy:.3f} s ({nfev} rhs evals, max err {err_s:.1e}); "
-                               f"state size {y0.shape[1]}"})
+                               f"state size {y0.shape[1]}; at equal accuracy (numba rtol={rtol_equal:g}) "
+                               f"{t_scipy / t_equal:.1f}x"})
     for r in rows:
         print(f"{r['name']}: {r['ratio']:.1f}x faster than {r['baseline']} -- {r['detail']}")
     return rows

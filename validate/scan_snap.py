@@ -89,7 +89,9 @@ def part_authors(cfg: ScanSnapConfig, progress) -> dict:
                 taus, pairs, ltaus, drops = [], [], [], []
                 for k in range(classes.n_classes):
                     dist = list(classes.distinct_tokens(k))
-                    P = table.probabilities[k, dist]
+                    # rank by the initial attention c_l(0) ~ P(l|n) e^{z_ml(0)}: Theorem 3's r(0) ("initial value
+                    # as prior"); with Z(0) = 0 this is exactly the order of P(l|n)
+                    P = att[0, k, dist]
                     d = an.drop_times(logs, att[:, k, dist])
                     tau, npairs = an.drop_order_tau(P, d)
                     taus.append(tau)

@@ -131,7 +131,7 @@ def figure(mean, se, Ks, lrs, ratios, path):
         ax.set_xscale("log")
         ax.set_xticks(ratios)
         ax.set_xticklabels([f"{r:g}" for r in ratios])
-        ax.set_title(f"K = {K} next tokens ({K // 2} queries)")
+        ax.set_title(f"K = {K} next tokens ({K // 2} {'query' if K == 2 else 'queries'})")
         ax.set_xlabel("eta_Y / eta_Z")
     axes[0][0].set_ylabel("final entropy of c_n on distinct tokens")
     axes[0][0].legend(fontsize=7)
