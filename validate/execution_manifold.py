@@ -356,6 +356,7 @@ def _atomic_savez(path: str, arrays: dict) -> None:
     os.close(handle)
     try:
         np.savez_compressed(temporary, **arrays)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -368,6 +369,7 @@ def _atomic_write_text(path: str, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
     with os.fdopen(handle, "w") as f:
         f.write(text)
+    os.chmod(temporary, 0o644)  # mkstemp creates 0600
     os.replace(temporary, path)
 
 
@@ -697,6 +699,7 @@ def _save_figure(fig, out_dir, name) -> str:
     os.close(handle)
     fig.savefig(temporary, dpi=110)
     plt.close(fig)
+    os.chmod(temporary, 0o644)  # mkstemp creates 0600
     os.replace(temporary, path)
     return path
 
