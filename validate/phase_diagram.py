@@ -233,6 +233,12 @@ def analyse(cfg: PhaseDiagramConfig, rows: list[dict], train_angle, train_gradie
                                                mean.ravel()[finite])
     cv_rho = float(spearmanr(cv[finite], mean.ravel()[finite])[0]) if finite.sum() >= 8 else math.nan
 
+    # which exponent carries the prediction (reported, not judged)
+    angle_only = float(spearmanr(np.abs(train_angle).ravel(), mean.ravel())[0])
+    gradient_only = float(spearmanr(np.abs(train_gradient).ravel(), mean.ravel())[0])
+    jx = int(np.argmin(np.abs(xs - critical_xy[0])))
+    jy = int(np.argmin(np.abs(ys - critical_xy[1])))
+
     spearman_pass = bool(rho_s >= SPEARMAN_THRESHOLD and p_value < SPEARMAN_P_MAX)
     distance_pass = bool(tied_distance <= DISTANCE_TOLERANCE_CELLS)
     task = cfg.train.task
@@ -241,6 +247,9 @@ def analyse(cfg: PhaseDiagramConfig, rows: list[dict], train_angle, train_gradie
         "spearman": float(rho_s), "spearman_p": float(p_value),
         "seed_to_seed_spearman": float(seed_ceiling),
         "cv_quadratic_spearman": cv_rho,
+        "spearman_abs_angle_only": angle_only, "spearman_abs_gradient_only": gradient_only,
+        "loss_at_grid_point_nearest_prediction": {cfg.x_field: float(xs[jx]), cfg.y_field: float(ys[jy]),
+                                                  "loss": float(mean[jy, jx]), "se": float(se[jy, jx])},
         "min_loss_point": {cfg.x_field: float(xs[ix]), cfg.y_field: float(ys[iy]), "loss": float(mean[iy, ix]),
                            "se": float(se[iy, ix])},
         "predicted_critical_point": critical,
@@ -365,7 +374,7 @@ def plot(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, rows: list[dict], 
         ax.plot(steps, [np.nan if v is None else v for v in curve], color=colors[k], lw=1)
     ax.axhline(task.bayes_loss(), color="g", ls="--")
     ax.axhline(task.context_free_loss(), color="r", ls="--")
-    ax.set(title=f"test-loss curves (seed {cfg.seeds[0]}), colour = |lambda| (yellow: far from 0)",
+    ax.set(title=f"test-loss curves, seed {cfg.seeds[0]}\n(colour: |lambda|, dark = near 0)",
            xlabel="step", ylabel="test loss")
     fig.suptitle(f"Trainability phase diagram: canonical transformer, {cfg.base.residual} residual, "
                  f"{cfg.base.activation}, n={cfg.base.n_tokens}; distance min-loss to predicted point "
@@ -597,10 +606,13 @@ def main(argv=None) -> int:
     where = {k: v for k, v in m["min_loss_point"].items() if k not in ("loss", "se")}
     predicted = {k: v for k, v in m["predicted_critical_point"].items() if k in (cfg.x_field, cfg.y_field)}
     print(f"\nSpearman {number(m['spearman'])} (p = {number(m['spearman_p'], '.2g')}; seed-to-seed ceiling "
-          f"{number(m['seed_to_seed_spearman'])}; CV quadratic {number(m['cv_quadratic_spearman'])}); "
+          f"{number(m['seed_to_seed_spearman'])}; |angle| alone {number(m['spearman_abs_angle_only'])}; "
+          f"|gradient| alone {number(m['spearman_abs_gradient_only'])}; "
+          f"CV quadratic {number(m['cv_quadratic_spearman'])}); "
           f"min loss {number(m['min_loss_point']['loss'], '.3f')} at {where}; predicted critical point "
-          f"{predicted} ({m['predicted_critical_point']['method']}); distance {number(m['distance_cells'], '.2f')} "
-          "cells")
+          f"{predicted} ({m['predicted_critical_point']['method']}, exact={m['predicted_critical_point']['exact']}), "
+          f"loss there {number(m['loss_at_grid_point_nearest_prediction']['loss'], '.3f')}; "
+          f"distance {number(m['distance_cells'], '.2f')} cells")
     print(f"{'ALL PASS' if record['all_pass'] else 'SOME FAIL'}; {record['timings']['total_s']:.0f} s; "
           f"wrote {os.path.join(cfg.out, 'phase_diagram.json')}")
     return 0
