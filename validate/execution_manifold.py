@@ -39,6 +39,7 @@ from validate.trajectory import OPTIMIZERS, TrainConfig, train_with_snapshots
 COMMAND = "execution_manifold"
 BLOCK_KINDS = ("W_Q", "W_K", "W_V", "W_O")
 DEFAULT_LR = {"adamw": 3e-4, "sgd": 1e-3}  # the released code / the paper text
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 0.0}  # PyTorch's AdamW default (code) / "standard SGD" (text)
 ORIENTATION_K = 3  # top PCs per block, as the paper's execution basis (reference section 2.8)
 SIGNIFICANCE = 0.05
 
@@ -748,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adamw (the code, default) or sgd (the paper text)")
     p.add_argument("--lr", type=float, help=preset("lr", "learning rate"))
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (default 0.01 with adamw, as the code; 0 with sgd, as the paper text)")
     p.add_argument("--mlp", choices=MLP_MODES, default=d.mlp,
                    help="none (attention-only, default), on (standard blocks), unused (built, never called: code's P)")
     p.add_argument("--layers", type=int, help=preset("n_layers", "transformer layers"))
@@ -776,8 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> ExperimentConfig:
+    weight_decay = args.weight_decay if args.weight_decay is not None else DEFAULT_WEIGHT_DECAY[args.optimizer]
     values = dict(markers=args.markers, modulus=args.modulus, seq_len=args.seq_len, batch_size=args.batch_size,
-                  optimizer=args.optimizer, weight_decay=args.weight_decay, mlp=args.mlp, n_heads=args.heads,
+                  optimizer=args.optimizer, weight_decay=weight_decay, mlp=args.mlp, n_heads=args.heads,
                   q=args.q, device=args.device, threads=args.threads)
     defaults = dict(dataclasses.asdict(ExperimentConfig()), lr=DEFAULT_LR[args.optimizer])
     for flag, field in _PRESET_FLAGS.items():
