@@ -126,7 +126,7 @@ def test_cli_writes_json_and_figure_and_a_rerun_resumes(tmp_path, capsys):
     record = json.loads((out / "phase_diagram.json").read_text())
     metrics = record["metrics"]
     for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells"):
-        assert key in metrics
+        assert key in metrics and record[key] == metrics[key]
     assert len(record["points"]) == 3 * 2 * 2 and record["timings"]["models_trained_now"] == 12
     assert (out / "phase_diagram.png").stat().st_size > 10_000
     assert "Spearman" in capsys.readouterr().out

@@ -51,6 +51,7 @@ from validate.sweep import SweepStore, point_key, run_sweep
 
 SPEARMAN_THRESHOLD, SPEARMAN_P_MAX = 0.5, 0.01
 TIE_STANDARD_ERRORS, DISTANCE_TOLERANCE_CELLS = 2.0, 1.0
+HEADLINE = ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells")
 
 
 @dataclass(frozen=True)
@@ -459,6 +460,8 @@ def run(cfg: PhaseDiagramConfig, quiet: bool = False) -> dict:
         "points": [{"point": r["point"], "seed": r["seed"], **params_exponents(cfg, r["point"], maps),
                     **r["result"], "elapsed_s": r["elapsed_s"]} for r in rows],
     }
+    # the headline numbers also at the top level, where the issue names them
+    record.update({key: analysis["metrics"][key] for key in HEADLINE})
     record = _jsonable(record)
     write_json(record, os.path.join(cfg.out, "phase_diagram.json"))
     return record
