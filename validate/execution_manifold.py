@@ -772,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard stored rows of this configuration first")
     p.add_argument("--out", default=None, help="output directory (default runs/execution_manifold/)")
     p.add_argument("--quick", action="store_true",
-                   help="small preset for smoke tests: 2 layers, d=64, 1500 steps, 3 seeds, lr 1e-3 (~3 min)")
+                   help="small preset for smoke tests: 2 layers, d=64, 1500 steps, 3 seeds, lr 1e-3 "
+                        "(~4 min on 2 CPU cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return p
 
