@@ -209,13 +209,13 @@ def verdicts(cfg: ScanSnapConfig, A: dict, T: dict) -> list[dict]:
                      ("PASS" if passed else "FAIL")})
 
     err = float(np.max(T["errors"]))
-    row(f"c_n on distinct tokens, torch vs Lemma 1 ODE, max rel. error over {len(T['logs'])} logged steps "
+    row(f"Y/Z model: c_n on distinct tokens, torch vs Lemma 1 ODE, max rel. error over {len(T['logs'])} logged steps "
         f"(plain SGD, eta_Z={T['lr_z']}, ratio {cfg.train.lr_ratio}, T={cfg.theory_seq_len}, "
         f"{len(T['seeds'])} seeds; attention moved {100 * T['movement']:.0f}%)",
         "0", f"{err:.4f}", "<= 0.10 (issue)", err <= 0.10)
     m = A["main"]
     taus = np.array(m["drop_tau"], dtype=float)
-    row(f"drop order of distinct tokens vs P(l|n), Kendall tau (pooled over classes; {len(taus)} seeds, "
+    row(f"{cfg.train.model} model: drop order of distinct tokens vs c_l(0) ~ P(l|n), Kendall tau (pooled over classes; {len(taus)} seeds, "
         f"{int(np.sum(m['drop_pairs']))} comparable pairs)", "1",
         f"min {np.nanmin(taus) if np.any(np.isfinite(taus)) else float('nan'):.3f}, mean {np.nanmean(taus):.3f}",
         "= 1 in every seed", bool(np.all(taus == 1.0)))
@@ -238,8 +238,11 @@ def verdicts(cfg: ScanSnapConfig, A: dict, T: dict) -> list[dict]:
                 f"{pred:.4f}", f"{meas.mean():.4f} +- {sem(meas):.4f}", "info (outside the theory's regime)", "INFO")
     s = T["snap"]
     for r, eY, meas, ode, t0p in zip(s["ratio"], s["eta_Y"], s["measured"], s["ode"], s["t0_prime"]):
-        row(f"snap: peak of ||Y(e_n-alpha_n)||, ratio {r:g} (eta_Y={eY:g}); ODE peak {ode:.2f}",
+        row(f"Y/Z model snap: peak of ||Y(e_n-alpha_n)||, ratio {r:g} (eta_Y={eY:g}); ODE peak {ode:.2f}",
             f"t0'=K lnM/eta_Y={t0p:.2f}", f"{meas:.2f} ({meas / t0p:.3f} t0')", "info", "INFO")
+    ode_slope = float(np.polyfit(np.log(s["eta_Y"]), np.log(s["ode"]), 1)[0])
+    row("snap time exponent of the Lemma 1 gradient flow (no SGD discretisation), same ratios", "p = -1",
+        f"{ode_slope:.3f}", "info", "INFO")
     fitted = np.isfinite(T["slope_se"])  # a standard error needs at least 3 ratios
     tol = 3 * T["slope_se"] if fitted else float("nan")
     row(f"snap time ~ eta_Y^p over ratios {', '.join(f'{r:g}' for r in s['ratio'])} (Theorem 4a)", "p = -1",

@@ -15,12 +15,15 @@ DROP_THRESHOLD = 5e-3
 
 def entropy_distinct(classes: SequenceClasses, attention) -> np.ndarray:
     """Entropy (nats) of c_n restricted to class n's distinct tokens and renormalised, averaged over classes.
-    attention (..., K, M) -> (...)."""
+    attention (..., K, M) -> (...). A class whose distinct tokens all underflowed to zero attention (a
+    saturated softmax on another token) counts as entropy 0: its renormalised attention is undefined, and
+    the limit of any sequence of such attention vectors collapsing onto one token has entropy 0."""
     attention = np.asarray(attention)
     per_class = []
     for k in range(classes.n_classes):
         p = attention[..., k, list(classes.distinct_tokens(k))]
-        p = p / p.sum(axis=-1, keepdims=True)
+        total = p.sum(axis=-1, keepdims=True)
+        p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
         per_class.append(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1))
     return np.mean(per_class, axis=0)
 

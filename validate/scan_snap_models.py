@@ -114,11 +114,13 @@ class OneLayerTransformer(nn.Module):
         self.W_K = nn.Linear(d_model, d_model, bias=False)
         self.W_V = nn.Linear(d_model, d_model, bias=False)
 
+    # The embedding enters both Y and Z; like the authors' decoder_wiki.py (only the layer playing the decoder
+    # gets lr_y, everything else lr_z) it trains at eta_Z, so eta_Y = ratio * eta_Z moves only W_V
     def decoder_parameters(self):
-        return [self.embed.weight, self.W_V.weight]
+        return [self.W_V.weight]
 
     def attention_parameters(self):
-        return [self.W_Q.weight, self.W_K.weight]
+        return [self.embed.weight, self.W_Q.weight, self.W_K.weight]
 
     def forward(self, x):
         u = self.embed(x)
