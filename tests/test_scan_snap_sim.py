@@ -129,3 +129,9 @@ def test_bad_input_raises_value_error():
         ss.reduced_params(1.0, 1.0, 1.0, 2)
     with pytest.raises(ValueError, match="eta_Y"):
         ss.yz_flow_params(ss.ClassTable.from_classes(th.syn_small()), -1.0, 1.0)
+
+
+def test_generated_formulas_module_is_current():
+    # sim/_scan_snap_formulas.py is committed; it must have been generated from the current theory file
+    from sim import _scan_snap_formulas as generated
+    assert generated.THEORY_SHA256 == ss._theory_digest()
