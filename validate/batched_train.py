@@ -235,8 +235,9 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
             grad_sq = sum(g.grad.pow(2).flatten(1).sum(1) for g in params.values())
             newly_dead = alive & ~(torch.isfinite(loss) & torch.isfinite(grad_sq))
             alive &= ~newly_dead
-            for tensor in params.values():   # dead models: zero gradient, so they stay put and stay apart
-                tensor.grad.copy_(torch.where(alive.view(-1, *[1] * (tensor.dim() - 1)), tensor.grad, 0.0))
+            if not alive.all():
+                for tensor in params.values():   # dead models: zero gradient, so they stay put and apart
+                    tensor.grad.copy_(torch.where(alive.view(-1, *[1] * (tensor.dim() - 1)), tensor.grad, 0.0))
         optimizer.step()
         schedule.step()
         for i in torch.nonzero(newly_dead).flatten().tolist():

@@ -46,7 +46,7 @@ from sim.signal_prop import GRID_FIELDS, critical_point, exponent_grid
 from theory.signal_prop import ACTIVATIONS, RESIDUALS, BlockParams
 from validate.batched_train import TrainConfig, TrainPoints, params_at
 from validate.phase_task import HistogramTask
-from validate.signal_prop import format_table, versions, write_json
+from validate.signal_prop import versions, write_json
 from validate.sweep import SweepStore, point_key, run_sweep
 
 SPEARMAN_THRESHOLD, SPEARMAN_P_MAX = 0.5, 0.01
@@ -261,7 +261,7 @@ def analyse(cfg: PhaseDiagramConfig, rows: list[dict], train_angle, train_gradie
         "bayes_loss": task.bayes_loss(), "context_free_loss": task.context_free_loss(),
     }
     verdicts = [
-        {"quantity": "Spearman(final test loss, |lambda|)", "prediction": "> 0 (well predicted)",
+        {"quantity": "Spearman(final test loss, |lambda|)", "prediction": "strongly positive",
          "measurement": f"{rho_s:+.3f} (p = {p_value:.2g})",
          "tolerance": f">= {SPEARMAN_THRESHOLD}, p < {SPEARMAN_P_MAX}", "pass": spearman_pass},
         {"quantity": "loss minimum to predicted critical point", "prediction": "0 cells",
@@ -274,9 +274,13 @@ def analyse(cfg: PhaseDiagramConfig, rows: list[dict], train_angle, train_gradie
 
 
 def verdict_table(verdicts: list[dict]) -> str:
-    rows = [("phase diagram", v["quantity"], v["prediction"], v["measurement"], v["tolerance"], v["pass"])
-            for v in verdicts]
-    return format_table(rows)
+    """quantity | prediction | measurement | tolerance | PASS/FAIL, as aligned text."""
+    columns = ("quantity", "prediction", "measurement", "tolerance", "verdict")
+    cells = [columns] + [(v["quantity"], v["prediction"], v["measurement"], v["tolerance"],
+                          "PASS" if v["pass"] else "FAIL") for v in verdicts]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [" | ".join(text.ljust(width) for text, width in zip(row, widths)) for row in cells]
+    return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
 
 
 # ----------------------------------------------------------------------------------------------------
