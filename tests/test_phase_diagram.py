@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from validate.phase_diagram import QUICK, PhaseDiagramConfig, main
 from validate.phase_task import HistogramTask
 from validate.sweep import SweepStore, run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
 TASK = HistogramTask(n_tokens=8, vocab=4, noise=0.2)
 TINY = TrainConfig(depth=3, width=16, d_ff=16, steps=6, batch=4, test_size=32, eval_every=3, threads=1,
                    task=TASK)

@@ -21,7 +21,6 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -138,6 +137,20 @@ def build_models(params_list: list[BlockParams], seeds: list[int], config: Train
             for h, s in zip(params_list, seeds)]
 
 
+def _stacked(models: list[PhaseModel], device: str):
+    """The models as one set of stacked leaf tensors (model axis first), their residual coefficients, and
+    forward(params, coefficients, tokens (M, B, n)) -> logits (M, B, n, K), vmapped over the model axis."""
+    stacked, _ = torch.func.stack_module_state(models)
+    params = {k: v.detach().to(device).requires_grad_() for k, v in stacked.items()}
+    coefficients = torch.stack([m.residual_coefficients() for m in models]).to(device)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def one_model(p, c, tokens):
+        return torch.func.functional_call(base, p, (tokens, c))
+
+    return params, coefficients, torch.func.vmap(one_model)
+
+
 def _train_stream(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * (int(seed) + 1))
 
@@ -184,17 +197,7 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
     if len(params_list) != len(seeds) or not seeds:
         raise ValueError("params_list and seeds must be non-empty and of equal length")
     torch.set_num_threads(config.threads)
-    models = build_models(params_list, seeds, config)
-    stacked, _ = torch.func.stack_module_state(models)
-    params = {k: v.detach().to(device).requires_grad_() for k, v in stacked.items()}
-    coefficients = torch.stack([m.residual_coefficients() for m in models]).to(device)
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def one_model(p, c, tokens):
-        return torch.func.functional_call(base, p, (tokens, c))
-
-    batched = torch.func.vmap(one_model, in_dims=(0, 0, 0))
-    batched_eval = torch.func.vmap(one_model, in_dims=(0, 0, None))
+    params, coefficients, batched = _stacked(build_models(params_list, seeds, config), device)
     optimizer, schedule = _make_optimizer(list(params.values()), config)
     task = config.task
     distinct_seeds = sorted(set(int(s) for s in seeds))
@@ -211,7 +214,8 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
         with torch.no_grad():
             losses = []
             for start in range(0, config.test_size, 256):
-                logits = batched_eval(params, coefficients, test_tokens[start:start + 256])
+                chunk = test_tokens[start:start + 256]
+                logits = batched(params, coefficients, chunk.expand(len(seeds), *chunk.shape))
                 losses.append(task.expected_loss(logits, test_labels[start:start + 256])
                               * len(test_tokens[start:start + 256]))
             losses = (torch.stack(losses).sum(0) / config.test_size).where(alive, torch.nan)
@@ -302,22 +306,12 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
 def training_step_flops(n_models: int, config: TrainConfig) -> int:
     """FLOPs of one batched training step (forward + backward), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
-    h = BlockParams(n_tokens=config.task.n_tokens)
-    small = TrainConfig(**{**config.to_dict(), "task": config.task, "steps": 1, "test_size": 1, "eval_every": 1})
-    counter = FlopCounterMode(display=False)
-    models = build_models([h] * n_models, list(range(n_models)), small)
-    stacked, _ = torch.func.stack_module_state(models)
-    params = {k: v.detach().requires_grad_() for k, v in stacked.items()}
-    coefficients = torch.stack([m.residual_coefficients() for m in models])
-    base = copy.deepcopy(models[0]).to("meta")
+    models = build_models([BlockParams(n_tokens=config.task.n_tokens)] * n_models, list(range(n_models)), config)
+    params, coefficients, forward = _stacked(models, "cpu")
     tokens, labels = config.task.sample(config.batch, torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
     with counter:
-        logits = torch.func.vmap(lambda p, c: torch.func.functional_call(base, p, (tokens, c)))(params, coefficients)
+        logits = forward(params, coefficients, tokens.expand(n_models, -1, -1))
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), labels.repeat(n_models, 1).flatten())
         loss.backward()
     return int(counter.get_total_flops())
-
-
-def records_summary(records: list[dict]) -> np.ndarray:
-    """Final test losses as an array (NaN where a model diverged)."""
-    return np.array([np.nan if r["final_test_loss"] is None else r["final_test_loss"] for r in records])

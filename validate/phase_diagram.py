@@ -44,7 +44,7 @@ import numpy as np
 
 from sim.signal_prop import GRID_FIELDS, critical_point, exponent_grid
 from theory.signal_prop import ACTIVATIONS, RESIDUALS, BlockParams
-from validate.batched_train import TrainConfig, TrainPoints, params_at
+from validate.batched_train import TrainConfig, TrainPoints
 from validate.phase_task import HistogramTask
 from validate.signal_prop import versions, write_json
 from validate.sweep import SweepStore, point_key, run_sweep
