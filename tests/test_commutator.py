@@ -1,6 +1,7 @@
 """SGD commutators: the SymPy expansion (theory.commutator), the measured commutator and its HVP form, the
 alignment baselines (validate.commutator); reference sections 2.7, 2.8, 5.4-5.6."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -245,3 +246,31 @@ def test_block_slices_of_the_marker_transformer():
         assert torch.equal(flat[s.offset:s.offset + s.size], model.attention_weights()[s.name].reshape(-1))
     with pytest.raises(ValueError):
         comm.block_slices(model, {"not a view": torch.zeros(3)})
+
+
+# ---------------------------------------------------------------- part-two command --------------------------
+
+def test_run_part_two_smoke(tmp_path):
+    """End to end on a tiny run: rows in the claims-table format, the three bases, both figures."""
+    from validate.execution_manifold_ii import PartTwoConfig, run_part_two
+    config = PartTwoConfig(steps=60, snapshot_every=6, n_layers=2, d_model=16, n_heads=2, batch_size=32,
+                           commutator_samples=2, sae_steps=30, sae_examples=256, sae_d=16, sae_k=4,
+                           ablation_sizes=(1, 2), random_ablation_draws=1, n_random=3)
+    result = run_part_two(config, str(tmp_path))
+    assert {r["verdict"] for r in result.rows} <= {"PASS", "FAIL", "n/a"}
+    assert {"claim", "figure", "quantity", "prediction", "measurement", "tolerance"} <= set(result.rows[0])
+    c = result.metrics["commutators"]
+    assert c["accumulated"]["P"] > c["accumulated"]["P_support"]  # the unused MLPs dilute the paper's P
+    assert len(c["final"]["ratio_energy_block"]) == len(c["accumulated"]["ratio_paper"]["steps"])
+    assert len(result.metrics["sae"]) == 3
+    assert all(os.path.exists(p) for p in result.figures) and len(result.figures) == 2
+    again = run_part_two(config, str(tmp_path), figures=False)
+    assert again.metrics["commutators"]["defect"] == c["defect"]  # same seed, same numbers
+
+
+def test_part_two_cli_rejects_bad_input(capsys):
+    from validate.execution_manifold_ii import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--steps", "5", "--snapshot-every", "5"])
+    assert exit_info.value.code == 2
+    assert "snapshots" in capsys.readouterr().err

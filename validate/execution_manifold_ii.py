@@ -76,7 +76,7 @@ class PartTwoConfig:
     commutator_lr: float = 1e-3
     commutator_samples: int = 9
     commutator_precision: str = "float64"
-    k_per_block: int = 3
+    k_per_block: int | str = 3   # K_b: the paper's 3, or "r90" (each block's own r_q)
     basis_every: int = 4          # snapshots between rebuilds of the accumulated basis (code: 2000 / 500 steps)
     min_basis_snapshots: int = 5  # the code's first basis needs >= 5 snapshots
     window: int = 10
@@ -104,9 +104,11 @@ class PartTwoConfig:
         if self.steps // self.snapshot_every + 1 < self.min_basis_snapshots + 5:
             raise ValueError(f"steps / snapshot_every must give >= {self.min_basis_snapshots + 5} snapshots "
                              f"(min_basis_snapshots + 5), got {self.steps // self.snapshot_every + 1}")
-        if self.commutator_samples < 1 or self.n_random < 1 or self.k_per_block < 1:
-            raise ValueError("commutator_samples, n_random and k_per_block must be >= 1, got "
-                             f"{self.commutator_samples}, {self.n_random}, {self.k_per_block}")
+        if self.commutator_samples < 1 or self.n_random < 1:
+            raise ValueError("commutator_samples and n_random must be >= 1, got "
+                             f"{self.commutator_samples}, {self.n_random}")
+        if self.k_per_block != "r90" and not (isinstance(self.k_per_block, int) and self.k_per_block >= 1):
+            raise ValueError(f"k_per_block must be an int >= 1 or 'r90', got {self.k_per_block!r}")
         if not self.commutator_lr > 0:
             raise ValueError(f"commutator_lr must be > 0, got {self.commutator_lr}")
         if self.commutator_precision not in ("float32", "float64"):
@@ -364,6 +366,21 @@ def commutator_summary(probe: CommutatorProbe) -> dict:
     return out
 
 
+def leading_term_check(model, task: TaskConfig, config: PartTwoConfig) -> dict:
+    """At the end of training: how well the leading term eta^2 (H_B g_A - H_A g_B) (Hessian-vector products)
+    describes the measured float64 commutator, at eta and eta / 4 (the error should fall about 4x, O(eta))."""
+    generator = torch.Generator().manual_seed(99_991 * (config.seed + 1))
+    a = sample_batch(task, max(task.markers), generator).to(config.device)
+    b = sample_batch(task, min(task.markers), generator).to(config.device)
+    working = copy.deepcopy(model).double()
+    out = {}
+    for label, eta in (("eta", config.commutator_lr), ("eta_over_4", config.commutator_lr / 4)):
+        fd = comm.sgd_commutator(working, _loss, a, b, eta)
+        hvp = comm.hvp_commutator(working, _loss, a, b, eta)
+        out[label] = {"eta": eta, "relative_difference": float((fd - hvp).norm() / hvp.norm())}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sparse autoencoders at the checkpoints
 # ----------------------------------------------------------------------------------------------------------
@@ -529,6 +546,13 @@ def claim_rows(config: PartTwoConfig, commutators: dict, sae_stages: dict) -> li
         rows.append(_row(name, "null", "float32 in-place delta vs float64, relative error", "<< 1",
                          f"{commutators['float32_relative_error_median']:.3f} (median)", "<= 0.1",
                          commutators["float32_relative_error_median"] <= 0.1))
+    if "leading_term_check" in commutators:
+        check = commutators["leading_term_check"]
+        at_eta, at_quarter = check["eta"]["relative_difference"], check["eta_over_4"]["relative_difference"]
+        rows.append(_row(name, "null", "delta vs eta^2 (H_B g_A - H_A g_B) (HVP), end of training",
+                         "<< 1, ~4x smaller at eta/4",
+                         f"{at_eta:.2e} at eta, {at_quarter:.2e} at eta/4 (x{at_eta / at_quarter:.1f})",
+                         "<= 0.1; ratio 2.5-6", at_eta <= 0.1 and 2.5 <= at_eta / at_quarter <= 6))
     # SAE claims, per stage
     for step, stage in sae_stages.items():
         topk, relu = stage["topk"], stage["relu_l1"]
@@ -601,6 +625,7 @@ def run_part_two(config, out_dir: str, seed: int | None = None, show_progress: b
     train_seconds = time.perf_counter() - started
     commutators = commutator_summary(probe)
     model = run.model
+    commutators["leading_term_check"] = leading_term_check(model, task, config)
     stages = {}
     sae_started = time.perf_counter()
     for step, state in sorted(probe.checkpoints.items()):
@@ -710,9 +735,10 @@ def make_figures(config: PartTwoConfig, metrics: dict, out_dir: str) -> list[str
                width, label=label)
     ax.axhline(0.7, color="tab:red", ls=":", lw=1)
     ax.set_xticks(x, [f"step {s}" for s in labels])
+    ax.set_ylim(0, 1.3)
     ax.set_ylabel("best single-latent score")
     ax.set_title("routing capture (TopK SAE, marker/value sites)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
     ax = axes[1]
     ax.bar(x - 0.3, [stages[s]["topk"]["single_latent_probe_y"] for s in labels], 0.2, label="best single latent")
     ax.bar(x - 0.1, [stages[s]["relu_l1"]["single_latent_probe_y"] for s in labels], 0.2,
@@ -758,6 +784,15 @@ _FLAGS = {"steps": "steps", "snapshot_every": "snapshot_every", "layers": "n_lay
           "lr": "lr", "sae_steps": "sae_steps", "sae_examples": "sae_examples", "sae_d": "sae_d", "sae_k": "sae_k"}
 
 
+def _k_per_block(text: str):
+    if text == "r90":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'r90', got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = PartTwoConfig()
     p = argparse.ArgumentParser(prog=f"python -m validate.{COMMAND}", description=__doc__.split("\n")[0])
@@ -780,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{QUICK['commutator_samples']})")
     p.add_argument("--commutator-precision", choices=("float64", "float32"), default=d.commutator_precision,
                    help="float64 (default: paths on a float64 copy) or float32 (in place, as the code)")
-    p.add_argument("--k-per-block", type=int, default=d.k_per_block, help=f"K_b (default {d.k_per_block})")
+    p.add_argument("--k-per-block", type=_k_per_block, default=d.k_per_block,
+                   help=f"K_b, trajectory PCs per block: an integer or r90 (default {d.k_per_block})")
     p.add_argument("--sae-steps", type=int, help=preset("sae_steps", "SAE training steps"))
     p.add_argument("--sae-examples", type=int, help=preset("sae_examples", "activation vectors per SAE"))
     p.add_argument("--sae-d", type=int, help=preset("sae_d", "SAE latents"))
