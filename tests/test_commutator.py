@@ -231,6 +231,20 @@ def test_support_matched_baseline_removes_the_dilution_of_unused_coordinates():
     assert a["ratio_support"] == pytest.approx(1.0, rel=0.2)
 
 
+def test_basis_kinds_and_r90_components():
+    rng = np.random.default_rng(5)
+    slices = [comm.BlockSlice("b0", 0, 200)]
+    plane = np.linalg.qr(rng.standard_normal((200, 2)))[0]
+    t = np.linspace(0, 1, 20)[:, None]
+    trajectories = {"b0": np.hstack([np.cos(3 * t), np.sin(3 * t)]) @ plane.T}  # a curve in a 2-D plane
+    r90 = comm.ExecutionBasis.from_trajectories(trajectories, slices, 500, "r90", "final")
+    assert r90.dimension <= 2 and np.allclose(plane @ plane.T @ r90.directions[0], r90.directions[0])
+    window = comm.ExecutionBasis.from_trajectories(trajectories, slices, 500, 3, "window", upto=9, window=4)
+    assert window.dimension == 2  # 4 snapshots of a planar curve: rank 2, the third singular value ~ 0 skipped
+    with pytest.raises(ValueError, match="basis kind"):
+        comm.ExecutionBasis.from_trajectories(trajectories, slices, 500, 3, "latest")
+
+
 def test_perpendicular_fractions():
     f = comm.perpendicular_fractions(0.128)  # the paper's worst point (reference section 5.6)
     assert f["perp_complement_frac"] == pytest.approx(0.872)

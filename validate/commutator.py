@@ -26,7 +26,6 @@ import sympy as sp
 import torch
 
 from theory import commutator as theory
-from validate import geometry as geo
 
 BASIS_KINDS = ("accumulated", "final", "window")
 SINGULAR_FLOOR = 1e-10  # the code's `build_trajectory_pca_basis` skips directions below this singular value
@@ -283,7 +282,12 @@ class ExecutionBasis:
             X = X[start:end]
             if X.shape[0] < 2:
                 raise ValueError(f"basis {kind}: block {block.name} has {X.shape[0]} snapshot(s) in range, need 2")
-            k = geo.effective_dimension(X, q) if k_per_block == "r90" else int(k_per_block)
+            if k_per_block == "r90":
+                # imported here: validate.geometry re-exports sgd_commutator from this module (DESIGN.md)
+                from validate.geometry import effective_dimension
+                k = effective_dimension(X, q)
+            else:
+                k = int(k_per_block)
             directions.append(top_directions(X, max(1, min(k, X.shape[0] - 1))))
         return cls(list(slices), directions, int(total_size))
 
