@@ -384,6 +384,15 @@ def _mean_se(values) -> tuple[float, float]:
     return float(values.mean()), se
 
 
+def _with_se(mean: float, se: float, signed: bool = False) -> str:
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{text} +- {se:.2f}" if np.isfinite(se) else f"{text} (one seed: no s.e.)"
+
+
+def _tolerance_text(tol: float, se: float) -> str:
+    return f"2 s.e. = {tol:.2f}" if np.isfinite(se) else "0 (one seed)"
+
+
 def _block_names(n_layers: int) -> list[str]:
     return [f"L{layer}.{kind}" for layer in range(n_layers) for kind in BLOCK_KINDS]
 
@@ -444,8 +453,8 @@ def claims_table(config: ExperimentConfig, rows_by_point: dict, out_dir: str) ->
     mean, se = _mean_se(r90.mean(axis=1))
     tol = 2 * se if np.isfinite(se) else 0.0  # two standard errors over seeds of the block-averaged r90
     rows.append(_row("C1 dimension 3-4", "paper", "r90 per block, mean over blocks",
-                     "3 <= r90 <= 4", f"{mean:.2f} +- {se:.2f} (code's 8-PC r90: {r90_code.mean():.2f})",
-                     f"2 s.e. = {tol:.2f}", mean + tol >= 3 and mean - tol <= 4))
+                     "3 <= r90 <= 4", f"{_with_se(mean, se)} (code's 8-PC r90: {r90_code.mean():.2f})",
+                     _tolerance_text(tol, se), mean + tol >= 3 and mean - tol <= 4))
     for kind, label in (("random_walk", "N1 random walk"), ("shuffled_increments", "N2 shuffled incr.")):
         fraction = float(np.mean(p_low[kind] < SIGNIFICANCE))
         excess = float(np.mean(r90 - null_mean[kind]))
@@ -562,8 +571,8 @@ def claims_table(config: ExperimentConfig, rows_by_point: dict, out_dir: str) ->
                                   ("null", "(r90 - N1 mean): QK - VO", excess_difference)):
         mean, se = _mean_se(values)
         tol = 2 * se if np.isfinite(se) else 0.0
-        rows.append(_row("C6 W_V/W_O below W_Q/W_K", figure, label, "> 0", f"{mean:+.2f} +- {se:.2f}",
-                         f"2 s.e. = {tol:.2f}", mean - tol > 0))
+        rows.append(_row("C6 W_V/W_O below W_Q/W_K", figure, label, "> 0", _with_se(mean, se, signed=True),
+                         _tolerance_text(tol, se), mean - tol > 0))
     return rows, metrics
 
 
