@@ -309,3 +309,11 @@ def test_spearman_and_block_permutation():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_sgd_commutator_is_importable_from_geometry_as_design_md_says():
+    from validate import commutator
+    from validate.geometry import sgd_commutator
+    assert sgd_commutator is commutator.sgd_commutator
+    with pytest.raises(AttributeError):
+        g.not_a_function

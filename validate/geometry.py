@@ -14,8 +14,8 @@ n is the PCA variance spectrum. Prefixes and windows are sub-blocks of G, the jo
 blocks has the sum of their Gs, and the null models act on G alone (shuffle: a permutation of G; sign flips:
 s s^T * G; the random walk: a Wishart draw), so a null draw costs an (n x n) eigen-decomposition whatever D is.
 
-The SGD commutator of reference section 2.7 (`sgd_commutator`, DESIGN.md) is a later issue and will also
-live in this module.
+`from validate.geometry import sgd_commutator` (DESIGN.md) gives the SGD commutator of reference section 2.7,
+implemented in validate.commutator and loaded on first use (module `__getattr__` at the end of this file).
 """
 from __future__ import annotations
 
@@ -516,3 +516,13 @@ def fit_saturation(r, entropy, h_bounds=None) -> SaturationFit:
     drop_fraction = float((entropy[0] - entropy[-1]) / denominator) if abs(denominator) > 0 else float("nan")
     return SaturationFit(float(h_min), float(h_max), float(r0), float(tau), float(r_squared),
                          drop_fraction, late_slope_ratio, float(entropy[-1] - entropy.min()))
+
+
+def __getattr__(name):
+    """`from validate.geometry import sgd_commutator` (DESIGN.md public API): the SGD commutator of reference
+    section 2.7 lives in validate.commutator (torch and SymPy); it is loaded on first use, so importing this
+    NumPy module stays light and the two modules do not import each other at load time."""
+    if name == "sgd_commutator":
+        from validate.commutator import sgd_commutator
+        return sgd_commutator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
