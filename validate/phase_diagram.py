@@ -368,7 +368,7 @@ def plot(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, rows: list[dict], 
     ax.set(title=f"Spearman {metrics['spearman']:+.2f} (p={metrics['spearman_p']:.1g}); "
                  f"seed-to-seed {metrics['seed_to_seed_spearman']:+.2f}",
            xlabel=r"$|\lambda|=\sqrt{\lambda_a^2+\lambda_g^2}$", ylabel="final test loss")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
 
     ax = axes[1, 2]
     colors = plt.cm.plasma((predictor - predictor.min()) / max(np.ptp(predictor), 1e-12))
