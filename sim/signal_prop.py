@@ -311,6 +311,7 @@ _multipliers_normalized = compile_expression(
     tuple(e.subs(T.q, T.q_star_collapse) for e in (T.angle_multiplier, T.gradient_multiplier)),
     _EXPONENT_ARGS)
 _skip_normalized = compile_expression(T.residual_coefficient(T.alpha_A, "normalized"), (T.alpha_A,))
+_q_star_collapse = compile_expression(T.q_star_collapse, (T.mlp_q,) + PARAM_SYMBOLS)
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ def exponents(h: BlockParams, q: float | None = None) -> Exponents:
     slope = kernel.slope(h.sigma_w, h.sigma_2)
     params = _params_vector(h)
     if q is None and h.residual == "normalized":
-        q_value = float(T.q_star_collapse.subs(T.mlp_q, q_M).subs(h.substitutions()))
+        q_value = _q_star_collapse(q_M, *params)
         angle, gradient = _multipliers_normalized(q_value, q_M, slope, *params)
     else:
         q_value = 1.0 if q is None else float(q)
@@ -360,69 +361,104 @@ def _log(x: float) -> float:
 GRID_FIELDS = T.NUMERIC_FIELDS + ("alpha",)     # "alpha" sets alpha_A = alpha_M together
 
 
+_KERNEL_COLUMNS = (T.NUMERIC_FIELDS.index("sigma_w"), T.NUMERIC_FIELDS.index("sigma_2"))
+
+
 def _grid_kernels(activation, normalized: bool):
     """Two Numba-parallel passes: the MLP kernel integrals (q_M, chi_M) once per distinct (sigma_w,
-    sigma_2) of the grid, then both multipliers at every point."""
+    sigma_2) of the grid, then both multipliers at every point.  The second pass builds each point's
+    parameters from the two axes as it goes, so no (points x fields) array is ever stored."""
     diagonal_and_slope = compiled_kernel(activation).diagonal_and_slope
     multipliers = _multipliers_normalized if normalized else _multipliers_at_q
     skip = _skip_normalized
 
     @numba.njit(parallel=True)
-    def kernel_values(weights, q_m_out, chi_out):
-        for k in numba.prange(weights.shape[0]):
-            q_m_out[k], chi_out[k] = diagonal_and_slope(weights[k, 0], weights[k, 1])
+    def kernel_values(pairs, q_m_out, chi_out):
+        for k in numba.prange(pairs.shape[0]):
+            q_m_out[k], chi_out[k] = diagonal_and_slope(pairs[k, 0], pairs[k, 1])
 
     @numba.njit(parallel=True)
-    def grid(P, which, q_m, chi, q_value, n_tokens, angle_out, gradient_out):
-        for k in numba.prange(P.shape[0]):
-            alpha_a, alpha_m = P[k, 0], P[k, 1]
-            if normalized:
-                skip_a, skip_m = skip(alpha_a), skip(alpha_m)
-            else:
-                skip_a, skip_m = 1.0, 1.0
-            a, g = multipliers(q_value, q_m[which[k]], chi[which[k]], alpha_a, alpha_m, P[k, 2], P[k, 3],
-                               P[k, 4], P[k, 5], skip_a, skip_m, n_tokens)
-            angle_out[k] = math.log(a)
-            gradient_out[k] = math.log(g)
+    def grid(base_row, xs, x_columns, ys, y_columns, kernel_stride, q_m, chi, q_value, n_tokens,
+             angle_out, gradient_out):
+        # kernel index of point (i, j): i * kernel_stride[0] + j * kernel_stride[1] (see _kernel_pairs)
+        for i in numba.prange(ys.size):
+            row = base_row.copy()
+            for c in y_columns:
+                row[c] = ys[i]
+            for j in range(xs.size):
+                for c in x_columns:
+                    row[c] = xs[j]
+                k = i * kernel_stride[0] + j * kernel_stride[1]
+                if normalized:
+                    skip_a, skip_m = skip(row[0]), skip(row[1])
+                else:
+                    skip_a, skip_m = 1.0, 1.0
+                a, g = multipliers(q_value, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
+                                   skip_a, skip_m, n_tokens)
+                angle_out[i, j] = math.log(a)
+                gradient_out[i, j] = math.log(g)
     return kernel_values, grid
 
 
 _GRID_KERNELS: dict = {}
 
 
-def _distinct_pairs(pairs: np.ndarray):
-    """Distinct rows of an (N, 2) float array and the index of each row among them (np.unique with
-    axis=0 sorts a structured view and is ~50x slower than this complex-number key)."""
-    keys = np.ascontiguousarray(pairs).view(np.complex128).ravel()
-    distinct, which = np.unique(keys, return_inverse=True)
-    return np.column_stack([distinct.real, distinct.imag]), which.ravel().astype(np.int64)
+def _field_columns(field: str) -> np.ndarray:
+    """Columns of T.NUMERIC_FIELDS that one grid axis sets ("alpha" sets alpha_A and alpha_M)."""
+    return np.array([0, 1] if field == "alpha" else [T.NUMERIC_FIELDS.index(field)], dtype=np.int64)
 
 
-def grid_points(base: BlockParams, x_field: str, x_values, y_field: str, y_values) -> np.ndarray:
-    """(len(y) * len(x), 6) array of the numeric fields at every grid point, validated."""
+def _grid_axes(base: BlockParams, x_field: str, x_values, y_field: str, y_values):
+    """Validated (base_row, xs, x_columns, ys, y_columns) of a grid: the numeric fields of `base` and
+    each axis with the columns it sets.  Checking the axes checks every grid point (each point's value
+    of a field is either the base's, already checked by BlockParams, or an axis value)."""
     for name, field in (("x_field", x_field), ("y_field", y_field)):
         if field not in GRID_FIELDS:
             raise ValueError(f"{name}={field!r}: allowed values are {GRID_FIELDS}")
     xs, ys = np.asarray(x_values, float), np.asarray(y_values, float)
     if xs.ndim != 1 or ys.ndim != 1 or xs.size == 0 or ys.size == 0:
         raise ValueError("x_values and y_values must be non-empty 1-D sequences")
+    x_columns, y_columns = _field_columns(x_field), _field_columns(y_field)
+    if np.isin(x_columns, y_columns).any():
+        raise ValueError(f"x_field={x_field!r}, y_field={y_field!r}: the two axes must set different fields")
+    for values, columns in ((xs, x_columns), (ys, y_columns)):
+        bad = ~np.isfinite(values) | (values < 0)
+        if base.residual == "normalized" and columns[0] < 2:
+            bad |= values > 1
+        if bad.any():
+            column = T.NUMERIC_FIELDS[int(columns[0])]
+            raise ValueError(f"grid value of {column} outside its allowed range (>= 0, finite"
+                             + (", <= 1 for alpha with residual='normalized')" if base.residual ==
+                                "normalized" else ")"))
     base_row = np.array([getattr(base, f) for f in T.NUMERIC_FIELDS], float)
+    return base_row, xs, x_columns, ys, y_columns
+
+
+def _kernel_pairs(base_row, xs, x_columns, ys, y_columns):
+    """The (sigma_w, sigma_2) pairs the grid needs, from its axes, and the strides (over y, over x) that
+    give point (i, j) its pair i * stride_y + j * stride_x: one pair if neither axis is a kernel field,
+    one per value of the axis that is, one per point if both are."""
+    x_kernel = bool(np.isin(x_columns, _KERNEL_COLUMNS).any())
+    y_kernel = bool(np.isin(y_columns, _KERNEL_COLUMNS).any())
+    ny, nx = (ys.size if y_kernel else 1), (xs.size if x_kernel else 1)
+    rows = np.tile(base_row, (ny, nx, 1))
+    if x_kernel:
+        rows[:, :, x_columns] = xs[None, :, None]
+    if y_kernel:
+        rows[:, :, y_columns] = ys[:, None, None]
+    pairs = np.ascontiguousarray(rows[:, :, list(_KERNEL_COLUMNS)].reshape(-1, 2))
+    stride = np.array([nx if y_kernel else 0, 1 if x_kernel else 0], dtype=np.int64)
+    return pairs, stride
+
+
+def grid_points(base: BlockParams, x_field: str, x_values, y_field: str, y_values) -> np.ndarray:
+    """(len(y) * len(x), 6) array of the numeric fields at every grid point (row-major over (y, x)),
+    validated."""
+    base_row, xs, x_columns, ys, y_columns = _grid_axes(base, x_field, x_values, y_field, y_values)
     P = np.tile(base_row, (ys.size, xs.size, 1))
-    for field, values, axis in ((x_field, xs, 1), (y_field, ys, 0)):
-        shaped = values[None, :] if axis == 1 else values[:, None]
-        columns = [0, 1] if field == "alpha" else [T.NUMERIC_FIELDS.index(field)]
-        for c in columns:
-            P[:, :, c] = shaped
-    P = P.reshape(-1, len(T.NUMERIC_FIELDS))
-    bad = ~np.isfinite(P) | (P < 0)
-    if base.residual == "normalized":
-        bad[:, :2] |= P[:, :2] > 1
-    if bad.any():
-        column = T.NUMERIC_FIELDS[int(np.argwhere(bad)[0, 1])]
-        raise ValueError(f"grid value of {column} outside its allowed range (>= 0, finite"
-                         + (", <= 1 for alpha with residual='normalized')" if base.residual ==
-                            "normalized" else ")"))
-    return P
+    P[:, :, x_columns] = xs[None, :, None]
+    P[:, :, y_columns] = ys[:, None, None]
+    return P.reshape(-1, len(T.NUMERIC_FIELDS))
 
 
 def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_values,
@@ -432,20 +468,23 @@ def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_val
     Returns (angle, gradient), arrays of shape (len(y_values), len(x_values)); same convention for q as
     `exponents`.
     """
-    P = grid_points(base, x_field, x_values, y_field, y_values)
+    axes = _grid_axes(base, x_field, x_values, y_field, y_values)
     normalized = base.residual == "normalized" and q is None
     key = (base.activation, normalized)
     if key not in _GRID_KERNELS:
         _GRID_KERNELS[key] = _grid_kernels(base.activation, normalized)
     kernel_values, grid = _GRID_KERNELS[key]
-    weights, which = _distinct_pairs(P[:, 4:6])
-    q_m, chi = np.empty(len(weights)), np.empty(len(weights))
-    kernel_values(np.ascontiguousarray(weights), q_m, chi)
+    pairs, stride = _kernel_pairs(*axes)
+    q_m, chi = np.empty(len(pairs)), np.empty(len(pairs))
+    kernel_values(pairs, q_m, chi)
     q_value = 1.0 if q is None else float(q)
-    angle, gradient = np.empty(len(P)), np.empty(len(P))
-    grid(P, which, q_m, chi, q_value, float(base.n_tokens), angle, gradient)
-    shape = (len(np.atleast_1d(y_values)), len(np.atleast_1d(x_values)))
-    return angle.reshape(shape), gradient.reshape(shape)
+    if not q_value > 0:
+        raise ValueError(f"q={q!r}: must be > 0")
+    base_row, xs, x_columns, ys, y_columns = axes
+    angle, gradient = np.empty((ys.size, xs.size)), np.empty((ys.size, xs.size))
+    grid(base_row, xs, x_columns, ys, y_columns, stride, q_m, chi, q_value, float(base.n_tokens),
+         angle, gradient)
+    return angle, gradient
 
 
 # ----------------------------------------------------------------------------------------------------

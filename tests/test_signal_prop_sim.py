@@ -58,6 +58,8 @@ def test_block_map_and_exponents_match_sympy_at_30_digits():
     exp_points = _random_points(rng, 6, [(0.2, 3.0), (0.1, 1.0), (0.1, 2.0)] + params)
     _check_compiled((T.angle_multiplier, T.gradient_multiplier), S._EXPONENT_ARGS, S._multipliers_at_q,
                     exp_points)
+    _check_compiled(T.q_star_collapse, (T.mlp_q,) + S.PARAM_SYMBOLS, S._q_star_collapse,
+                    [point[1:2] + point[3:] for point in exp_points])
     normalized = tuple(e.subs(T.q, T.q_star_collapse) for e in (T.angle_multiplier, T.gradient_multiplier))
     _check_compiled(normalized, S._EXPONENT_ARGS, S._multipliers_normalized, exp_points)
     _check_compiled((T.logit_shared_std, T.logit_private_std), (T.rho, T.sigma_A), S._logit_stds,
@@ -166,6 +168,25 @@ def test_grid_rejects_bad_fields_and_values():
         S.exponent_grid(h, "alpha", [0.5], "sigma_w", [-1.0])
     with pytest.raises(ValueError, match="must be a theory.signal_prop.BlockParams"):
         S.exponents({"alpha_A": 0.5})
+    with pytest.raises(ValueError, match="different fields"):
+        S.exponent_grid(h, "alpha", [0.5], "alpha_A", [0.5])
+    with pytest.raises(ValueError, match="q="):
+        S.exponent_grid(h, "alpha", [0.5], "sigma_w", [1.0], q=-1.0)
+
+
+def test_grid_points_match_the_grid_axes():
+    h = BlockParams(residual="plain")
+    xs, ys = [0.5, 1.5, 2.5], [0.25, 4.0]
+    P = S.grid_points(h, "sigma_w", xs, "sigma_2", ys)
+    assert P.shape == (6, len(T.NUMERIC_FIELDS))
+    assert P[:, T.NUMERIC_FIELDS.index("sigma_w")].tolist() == xs * 2
+    assert P[:, T.NUMERIC_FIELDS.index("sigma_2")].tolist() == [0.25] * 3 + [4.0] * 3
+    # both kernel fields on the axes: one kernel pair per point, in the grid's row-major order
+    pairs, stride = S._kernel_pairs(*S._grid_axes(h, "sigma_w", xs, "sigma_2", ys))
+    assert pairs.tolist() == P[:, [T.NUMERIC_FIELDS.index("sigma_w"), T.NUMERIC_FIELDS.index("sigma_2")]].tolist()
+    assert stride.tolist() == [3, 1]
+    angle, _ = S.exponent_grid(h, "sigma_w", xs, "sigma_2", ys)
+    assert angle[1, 2] == pytest.approx(S.exponents(h.replace(sigma_w=2.5, sigma_2=4.0)).angle, rel=1e-12)
 
 
 def test_edge_of_chaos_zeroes_the_angle_exponent():
