@@ -13,7 +13,16 @@ recorded. Then, per claim, the paper-faithful figure and the null-corrected figu
   C5 collapse in first 20-30%  window-r90 collapse  vs  the same windows of the random-walk null
   C6 W_V/W_O below W_Q/W_K     r90 difference       vs  the difference of null-corrected dimensions
 
-Seeds and difficulty settings run through validate.sweep (one SQLite row per (setting, seed), resumable).
+Part two (validate.execution_manifold_ii: SGD commutators and sparse autoencoders, C7-C12) then runs once, on
+the main setting with its first seed, and its rows join the same table:
+
+  C7 commutators aligned with the execution subspace early, less late     C10 SAEs capture routing
+  C8 >92% of non-commutativity perpendicular to it                         C11 SAEs do not isolate execution
+  C9 the normalized defect D grows over training                           C12 ablating SAE latents barely matters
+
+`--part one` or `--part two` runs one part alone (`python -m validate.execution_manifold_ii` is `--part two`).
+Seeds and difficulty settings run through validate.sweep (one SQLite row per (setting, seed), resumable); so does
+part two's run (one row keyed by its configuration's fingerprint), in the same store.
 """
 from __future__ import annotations
 
@@ -22,17 +31,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from validate import execution_manifold_ii as em2
 from validate import geometry as geo
 from validate.modular import MLP_MODES, ModelConfig, TaskConfig, probe_sets
+from validate.reporting import (atomic_savez, atomic_write_text, format_table, package_versions, save_figure,
+                                verdict_row as _row)
 from validate.sweep import SweepStore, run_sweep
 from validate.trajectory import OPTIMIZERS, TrainConfig, train_with_snapshots
 
@@ -347,31 +357,8 @@ class SeedRun:
         payload = {f"dir:{k}": v for k, v in directions.items()}
         payload.update({f"gram:{k}": v for k, v in grams.items()})
         payload.update({f"routing:{r['layer']}": r["coordinate"] for r in routing})
-        _atomic_savez(path, payload)
+        atomic_savez(path, payload)
         return os.path.relpath(path, self.out_dir)
-
-
-def _atomic_savez(path: str, arrays: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".npz")
-    os.close(handle)
-    try:
-        np.savez_compressed(temporary, **arrays)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.chmod(temporary, 0o644)  # mkstemp creates 0600
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -402,13 +389,6 @@ def _stat_matrix(results, names, key, kind=None, field="observed") -> np.ndarray
     if kind is None:
         return np.array([[r["blocks"][n][key] for n in names] for r in results])
     return np.array([[r["blocks"][n]["nulls"][kind][key][field] for n in names] for r in results])
-
-
-def _row(claim, figure, quantity, prediction, measurement, tolerance, passed) -> dict:
-    """One verdict row; figure is "paper" (the paper's own measure) or "null" (the null-corrected one)."""
-    verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
-    return {"claim": claim, "figure": figure, "quantity": quantity, "prediction": prediction,
-            "measurement": measurement, "tolerance": tolerance, "verdict": verdict}
 
 
 def orientation_overlaps(results, names, out_dir) -> dict:
@@ -576,16 +556,6 @@ def claims_table(config: ExperimentConfig, rows_by_point: dict, out_dir: str) ->
     return rows, metrics
 
 
-def format_table(rows) -> str:
-    headers = ("claim", "figure", "quantity", "prediction", "measurement", "tolerance", "verdict")
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "-" * len(line)]
-    for r in rows:
-        out.append("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------
@@ -627,7 +597,7 @@ def make_figures(config: ExperimentConfig, rows_by_point: dict, metrics: dict, o
     fig.suptitle(f"Trajectory dimension per block against null models with the same {config.n_snapshots} "
                  f"snapshots ({len(main)} seeds)", fontsize=10)
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir, "execution_manifold_dimension.png"))
+    paths.append(save_figure(fig, out_dir, "execution_manifold_dimension.png"))
 
     # entropy and routing coordinate over training -----------------------------------------------------------
     steps = np.array(main[0]["snapshot_steps"])
@@ -669,7 +639,7 @@ def make_figures(config: ExperimentConfig, rows_by_point: dict, metrics: dict, o
     axes[1, 1].set_title("saturation along the routing coordinate", fontsize=9)
     axes[1, 1].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir, "execution_manifold_routing.png"))
+    paths.append(save_figure(fig, out_dir, "execution_manifold_routing.png"))
 
     # collapse: window r90 of the joint trajectory against the random-walk null ------------------------------
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -698,20 +668,8 @@ def make_figures(config: ExperimentConfig, rows_by_point: dict, metrics: dict, o
     axes[1].set_title("prefix dimension", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir, "execution_manifold_collapse.png"))
+    paths.append(save_figure(fig, out_dir, "execution_manifold_collapse.png"))
     return paths
-
-
-def _save_figure(fig, out_dir, name) -> str:
-    import matplotlib.pyplot as plt
-    path = os.path.join(out_dir, name)
-    handle, temporary = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(handle)
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    os.chmod(temporary, 0o644)  # mkstemp creates 0600
-    os.replace(temporary, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -737,53 +695,114 @@ _PRESET_FLAGS = {"steps": "steps", "snapshot_every": "snapshot_every", "seeds": 
                  "difficulty_seeds": "difficulty_seeds"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ExperimentConfig()
+# part-two flag -> PartTwoConfig field; the training of part two comes from the part-one flags
+_PART_TWO_FLAGS = {"commutator_lr": "commutator_lr", "commutator_samples": "commutator_samples",
+                   "commutator_precision": "commutator_precision", "k_per_block": "k_per_block",
+                   "sae_steps": "sae_steps", "sae_examples": "sae_examples", "sae_d": "sae_d", "sae_k": "sae_k",
+                   "ablation_sizes": "ablation_sizes"}
+PARTS = ("both", "one", "two")
+# the flags that only part one reads (hidden from the part-two alias, python -m validate.execution_manifold_ii)
+_PART_ONE_ONLY = ("--q", "--null-draws", "--sweep-max-markers", "--sweep-moduli", "--difficulty-seeds")
+
+
+def _k_per_block(text: str):
+    if text == "r90":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'r90', got {text!r}")
+
+
+def build_parser(command: str = COMMAND) -> argparse.ArgumentParser:
+    """The flags of both parts; command "execution_manifold_ii" (the part-two alias) has no --part and hides the
+    flags only part one reads."""
+    d, d2 = ExperimentConfig(), em2.PartTwoConfig()
+    both = command == COMMAND
 
     def preset(field, text):  # help for a flag whose default --quick changes
         quick = QUICK.get(field, "per optimizer" if field == "lr" else getattr(d, field))
         default = "3e-4 (adamw) / 1e-3 (sgd)" if field == "lr" else getattr(d, field)
         return f"{text} (default {default}; with --quick {quick})"
 
-    p = argparse.ArgumentParser(prog="python -m validate.execution_manifold", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, help=preset("steps", "training steps per run"))
-    p.add_argument("--snapshot-every", type=int, help=preset("snapshot_every", "steps between weight snapshots"))
-    p.add_argument("--seeds", type=int, nargs="+", help=preset("seeds", "seeds of the main setting"))
-    p.add_argument("--seed", type=int, default=None, help="run this single seed (overrides --seeds)")
-    p.add_argument("--markers", type=_int_list, default=d.markers,
+    def preset_two(field, text):
+        default = getattr(d2, field)
+        quick = em2.QUICK.get(field, default)
+        return f"{text} (default {default}" + (f"; with --quick {quick})" if quick != default else ")")
+
+    doc = " ".join((__doc__ if both else em2.__doc__).split("\n\n")[0].split())
+    if not both:
+        doc += f" The same as `python -m validate.{COMMAND} --part two`, writing {command}.json."
+    p = argparse.ArgumentParser(prog=f"python -m validate.{command}", usage="%(prog)s [options]", description=doc)
+    if both:
+        p.add_argument("--part", choices=PARTS, default="both",
+                       help="both (default): part one (C1-C6, every seed and setting), then part two (C7-C12, "
+                            "one run of the main setting's first seed); one: C1-C6 only; two: C7-C12 only")
+    t = p.add_argument_group("training (part one's runs; part two's run uses the same, with its first seed)")
+    t.add_argument("--steps", type=int, help=preset("steps", "training steps per run"))
+    t.add_argument("--snapshot-every", type=int, help=preset("snapshot_every", "steps between weight snapshots"))
+    t.add_argument("--seeds", type=int, nargs="+", help=preset("seeds", "seeds of the main setting"))
+    t.add_argument("--seed", type=int, default=None, help="run this single seed instead of --seeds (default: none)")
+    t.add_argument("--markers", type=_int_list, default=d.markers,
                    help=f"marker counts m mixed in training, e.g. 1,2,3,4 (default {d.markers})")
-    p.add_argument("--modulus", type=int, default=d.modulus, help=f"C: labels are sums mod C (default {d.modulus})")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="T (default 16 as the code; paper text: 32)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+    t.add_argument("--modulus", type=int, default=d.modulus, help=f"C: labels are sums mod C (default {d.modulus})")
+    t.add_argument("--seq-len", type=int, default=d.seq_len, help="T (default 16 as the code; paper text: 32)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adamw (the code, default) or sgd (the paper text)")
-    p.add_argument("--lr", type=float, help=preset("lr", "learning rate"))
-    p.add_argument("--weight-decay", type=float, default=None,
+    t.add_argument("--lr", type=float, help=preset("lr", "learning rate"))
+    t.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay (default 0.01 with adamw, as the code; 0 with sgd, as the paper text)")
-    p.add_argument("--mlp", choices=MLP_MODES, default=d.mlp,
+    t.add_argument("--mlp", choices=MLP_MODES, default=d.mlp,
                    help="none (attention-only, default), on (standard blocks), unused (built, never called: code's P)")
-    p.add_argument("--layers", type=int, help=preset("n_layers", "transformer layers"))
-    p.add_argument("--d-model", type=int, help=preset("d_model", "model width"))
-    p.add_argument("--heads", type=int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
-    p.add_argument("--q", type=float, default=d.q, help=f"variance fraction of r_q (default {d.q})")
-    p.add_argument("--null-draws", type=int, help=preset("null_draws", "draws per null model"))
-    p.add_argument("--window", type=int, help=preset("window", "snapshots per sliding window"))
-    p.add_argument("--sweep-max-markers", type=_int_list,
-                   help=preset("sweep_max_markers", "difficulty sweep: extra settings with mixed m in 1..M"))
-    p.add_argument("--sweep-moduli", type=_int_list, help=preset("sweep_moduli", "difficulty sweep: other C"))
-    p.add_argument("--difficulty-seeds", type=int,
-                   help=preset("difficulty_seeds", "seeds per difficulty setting, 0 skips the sweep"))
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads per run (default {d.threads})")
-    p.add_argument("--workers", type=int, default=0,
-                   help="worker processes for the seeds (default 0: in this process, with a progress bar)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the seeds (default: local)")
-    p.add_argument("--fresh", action="store_true", help="discard stored rows of this configuration first")
-    p.add_argument("--out", default=None, help="output directory (default runs/execution_manifold/)")
-    p.add_argument("--quick", action="store_true",
-                   help="small preset for smoke tests: 2 layers, d=64, 1500 steps, 3 seeds, lr 1e-3 "
-                        "(~4 min on 2 CPU cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    t.add_argument("--layers", type=int, help=preset("n_layers", "transformer layers"))
+    t.add_argument("--d-model", type=int, help=preset("d_model", "model width"))
+    t.add_argument("--heads", type=int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
+    t.add_argument("--window", type=int,
+                   help=preset("window", "snapshots per sliding window (part one) and per window basis (part two)"))
+    one = p.add_argument_group("part one: trajectory dimension, nulls, routing (C1-C6)")
+    one.add_argument("--q", type=float, default=d.q, help=f"variance fraction of r_q (default {d.q})")
+    one.add_argument("--null-draws", type=int, help=preset("null_draws", "draws per null model"))
+    one.add_argument("--sweep-max-markers", type=_int_list,
+                     help=preset("sweep_max_markers", "difficulty sweep: extra settings with mixed m in 1..M"))
+    one.add_argument("--sweep-moduli", type=_int_list, help=preset("sweep_moduli", "difficulty sweep: other C"))
+    one.add_argument("--difficulty-seeds", type=int,
+                     help=preset("difficulty_seeds", "seeds per difficulty setting, 0 skips the sweep"))
+    if not both:
+        for action in one._group_actions:
+            action.help = argparse.SUPPRESS
+    two = p.add_argument_group("part two: SGD commutators and sparse autoencoders (C7-C12)")
+    two.add_argument("--part-two-mlp", choices=("auto",) + MLP_MODES, default="auto",
+                     help="MLPs of part two's run (default auto: the code's never-called MLPs, which dilute its "
+                          "whole-vector baseline, when --mlp is none; else as --mlp)")
+    two.add_argument("--commutator-lr", type=float, help=preset_two("commutator_lr", "eta of the SGD probe steps"))
+    two.add_argument("--commutator-samples", type=int,
+                     help=preset_two("commutator_samples", "commutators per snapshot"))
+    two.add_argument("--commutator-precision", choices=("float64", "float32"),
+                     help=preset_two("commutator_precision", "float64: paths on a float64 copy; float32: in place, "
+                                                             "as the code"))
+    two.add_argument("--k-per-block", type=_k_per_block,
+                     help=preset_two("k_per_block", "K_b, trajectory PCs per block of the execution basis: an "
+                                                    "integer or r90"))
+    two.add_argument("--sae-steps", type=int, help=preset_two("sae_steps", "SAE training steps"))
+    two.add_argument("--sae-examples", type=int, help=preset_two("sae_examples", "activation vectors per SAE"))
+    two.add_argument("--sae-d", type=int, help=preset_two("sae_d", "SAE latents"))
+    two.add_argument("--sae-k", type=int, help=preset_two("sae_k", "TopK k"))
+    two.add_argument("--ablation-sizes", type=_int_list,
+                     help=preset_two("ablation_sizes", "numbers of latents / PCA directions ablated"))
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    r.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads per run (default {d.threads})")
+    r.add_argument("--workers", type=int, default=0,
+                   help="worker processes for the runs (default 0: in this process, with a progress bar)")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address for the runs (default: local)")
+    r.add_argument("--fresh", action="store_true", help="discard the stored results of this configuration first")
+    r.add_argument("--out", default=None, help=f"output directory (default runs/{command}/)")
+    r.add_argument("--quick", action="store_true",
+                   help="small presets of both parts for smoke tests: 2 layers, d=64, 1500 steps, 3 seeds, "
+                        "lr 1e-3; smaller SAEs, 5 commutators per snapshot (both parts: 191 s measured on 2 "
+                        "shared CPU cores)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return p
 
 
@@ -806,30 +825,33 @@ def config_from_args(args) -> ExperimentConfig:
     return ExperimentConfig(**values)
 
 
-def package_versions() -> dict:
-    import matplotlib
-    import scipy
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "matplotlib": matplotlib.__version__}
+def part_two_config_from_args(args, config: ExperimentConfig) -> em2.PartTwoConfig:
+    """Part two's run: the training of part one's main setting with its first seed (PartTwoConfig.from_experiment),
+    part two's --quick preset for its own fields, then the part-two flags."""
+    experiment_fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    overrides = {k: v for k, v in em2.QUICK.items() if k not in experiment_fields} if args.quick else {}
+    for flag, field in _PART_TWO_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
+    mlp = None if args.part_two_mlp == "auto" else args.part_two_mlp
+    return em2.PartTwoConfig.from_experiment(config, mlp=mlp, **overrides)
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    out_dir = args.out or os.path.join("runs", COMMAND)
+@dataclass
+class PartOneResult:
+    rows: list
+    metrics: dict
+    figures: list
+    runs: dict  # "m=... C=..." -> the per-seed results
+
+
+def run_part_one(config: ExperimentConfig, out_dir: str, workers: int = 0, scheduler: str | None = None,
+                 fresh: bool = False, show_progress: bool = False, log=None) -> PartOneResult:
+    """Every (setting, seed) through the SQLite store out_dir/sweep.sqlite (resumable), then the claims table
+    and the figures. log(text), if given, reports each batch of runs."""
     os.makedirs(out_dir, exist_ok=True)
-    torch.set_num_threads(config.threads)
-    show_progress = not args.quiet and sys.stderr.isatty()
-    started = time.perf_counter()
-
     store = SweepStore(os.path.join(out_dir, "sweep.sqlite"), sweep=f"{COMMAND}-{config.fingerprint()}")
-    task = SeedRun(config, out_dir, show_progress=show_progress and args.workers == 0 and args.scheduler is None)
+    task = SeedRun(config, out_dir, show_progress=show_progress and workers == 0 and scheduler is None)
     rows_by_point = {}
     points = [{"markers": ",".join(map(str, markers)), "modulus": modulus} for markers, modulus in config.points()]
     # the main setting with every seed, then all difficulty settings together with the first few seeds
@@ -837,33 +859,84 @@ def main(argv=None) -> int:
                                             (points[1:], config.seeds[:config.difficulty_seeds]))):
         if not batch or not seeds:
             continue
-        if not args.quiet:
+        if log is not None:
             names = [_point_name(p["markers"].split(","), p["modulus"]) for p in batch]
-            print(f"[{COMMAND}] {'; '.join(names)}: seeds {list(seeds)}", file=sys.stderr)
-        rows = run_sweep(task, batch, list(seeds), store, max_workers=args.workers, scheduler=args.scheduler,
-                         fresh=args.fresh and index == 0)
+            log(f"{'; '.join(names)}: seeds {list(seeds)}")
+        rows = run_sweep(task, batch, list(seeds), store, max_workers=workers, scheduler=scheduler,
+                         fresh=fresh and index == 0)  # one sweep name: the first call clears all its rows
         for row in rows:
             key = _point_name(row["point"]["markers"].split(","), row["point"]["modulus"])
             rows_by_point.setdefault(key, []).append(row["result"])
     refit_saturation(config, rows_by_point, out_dir)
     rows, metrics = claims_table(config, rows_by_point, out_dir)
     figures = make_figures(config, rows_by_point, metrics, out_dir)
-    elapsed = time.perf_counter() - started
+    return PartOneResult(rows, metrics, figures, rows_by_point)
 
-    table = format_table(rows)
-    print(table)
-    per_point = {key: [{k: v for k, v in r.items() if k not in ("loss_curve",)} for r in results]
-                 for key, results in rows_by_point.items()}
-    record = {"command": COMMAND, "config": dataclasses.asdict(config), "versions": package_versions(),
-              "timings": {"total_seconds": elapsed,
-                          "train_seconds_per_run": {k: [r["seconds"]["train"] for r in v]
-                                                    for k, v in rows_by_point.items()}},
-              "claims": rows, "metrics": metrics, "runs": per_point,
-              "figures": [os.path.basename(p) for p in figures]}
-    _atomic_write_text(os.path.join(out_dir, f"{COMMAND}.json"), json.dumps(record, indent=1, default=float))
-    if not args.quiet:
-        print(f"[{COMMAND}] wrote {os.path.join(out_dir, COMMAND + '.json')} and {len(figures)} figures "
-              f"in {elapsed:.0f} s", file=sys.stderr)
+
+def main(argv=None, command: str = COMMAND) -> int:
+    """The command line of both parts; command "execution_manifold_ii" runs part two alone under that name."""
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    part = getattr(args, "part", "two")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    config_two = None
+    if part in ("both", "two"):
+        try:
+            config_two = part_two_config_from_args(args, config)
+        except ValueError as error:
+            parser.error(f"part two: {error}" + (" (--part one runs part one alone)" if part == "both" else ""))
+    out_dir = args.out or os.path.join("runs", command)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        parser.error(f"--out {out_dir!r} exists and is not a directory")
+    os.makedirs(out_dir, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    show_progress = not args.quiet and sys.stderr.isatty()
+    log = None if args.quiet else (lambda text: print(f"[{command}] {text}", file=sys.stderr))
+    started = time.perf_counter()
+    record = {"command": command, "parts": ["one", "two"] if part == "both" else [part]}
+    rows, figures, timings = [], [], {}
+
+    if part in ("both", "one"):
+        one = run_part_one(config, out_dir, workers=args.workers, scheduler=args.scheduler, fresh=args.fresh,
+                           show_progress=show_progress, log=log)
+        rows += one.rows
+        figures += one.figures
+        record["config"] = dataclasses.asdict(config)
+        timings["train_seconds_per_run"] = {k: [r["seconds"]["train"] for r in v] for k, v in one.runs.items()}
+        timings["part_one_seconds"] = time.perf_counter() - started
+    if part in ("both", "two"):
+        started_two = time.perf_counter()
+        if log is not None:
+            log(f"part two: {config_two.n_layers} layers d={config_two.d_model}, {config_two.steps} steps, "
+                f"seed {config_two.seed}, mlp {config_two.mlp}: commutators at every snapshot, SAEs at "
+                f"{len(config_two.sae_stages)} checkpoints")
+        two = em2.stored_part_two(config_two, out_dir, fresh=args.fresh, max_workers=args.workers,
+                                  scheduler=args.scheduler, show_progress=show_progress)
+        rows += two.rows
+        figures += two.figures
+        record["config_part_two"] = dataclasses.asdict(config_two)
+        timings["part_two_run_seconds"] = two.metrics["seconds"]  # as computed, also when read from the store
+        timings["part_two_seconds"] = time.perf_counter() - started_two
+    timings["total_seconds"] = time.perf_counter() - started
+
+    print(format_table(rows))
+    record.update(versions=package_versions(), timings=timings, claims=rows)
+    if part in ("both", "one"):
+        record["metrics"] = one.metrics
+        record["runs"] = {key: [{k: v for k, v in r.items() if k != "loss_curve"} for r in results]
+                          for key, results in one.runs.items()}
+    if part in ("both", "two"):
+        record["metrics_part_two"] = two.metrics
+    record["figures"] = [os.path.basename(p) for p in figures]
+    path = os.path.join(out_dir, f"{command}.json")
+    atomic_write_text(path, json.dumps(record, indent=1, default=float))
+    if log is not None:
+        log(f"wrote {path} and {len(figures)} figures in {timings['total_seconds']:.0f} s")
     return 0
 
 

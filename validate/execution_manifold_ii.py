@@ -18,18 +18,18 @@ One training run (helper code: validate.modular, validate.trajectory) is probed 
        ablation at the readout position of an intermediate layer, against random latents and dense PCA
 
 `run_part_two(config, out_dir)` returns the claim rows (the same dict format as validate.execution_manifold),
-the metrics and the figure paths; the lead's command appends them to its own table.
+the metrics and the figure paths; `stored_part_two` does the same through validate.sweep's SQLite store (one row,
+resumable). `python -m validate.execution_manifold` runs it after part one and prints both parts in one table;
+`python -m validate.execution_manifold_ii` is that command's `--part two`.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -39,8 +39,9 @@ import torch
 from validate import commutator as comm
 from validate import geometry as geo
 from validate import sae as saes
-from validate.modular import (MLP_MODES, ModelConfig, TaskConfig, cross_entropy_and_accuracy, probe_sets,
-                              sample_batch)
+from validate.modular import MLP_MODES, ModelConfig, TaskConfig, cross_entropy_and_accuracy, sample_batch
+from validate.reporting import json_safe, save_figure, verdict_row as _row
+from validate.sweep import SweepStore, run_sweep
 from validate.trajectory import OPTIMIZERS, TrainConfig, train_with_snapshots
 
 COMMAND = "execution_manifold_ii"
@@ -122,7 +123,9 @@ class PartTwoConfig:
         if not -1 <= self.sae_layer < self.n_layers:
             raise ValueError(f"sae_layer must be -1 or in [0, {self.n_layers - 1}], got {self.sae_layer}")
         if not 1 <= self.sae_k <= self.sae_d or self.sae_steps < 1 or self.sae_examples < 256:
-            raise ValueError(f"need 1 <= sae_k <= sae_d, sae_steps >= 1, sae_examples >= 256")
+            raise ValueError(f"need 1 <= sae_k <= sae_d, sae_steps >= 1, sae_examples >= 256; got sae_k="
+                             f"{self.sae_k}, sae_d={self.sae_d}, sae_steps={self.sae_steps}, "
+                             f"sae_examples={self.sae_examples}")
         if any(n < 1 or n > self.sae_d for n in self.ablation_sizes):
             raise ValueError(f"ablation_sizes must lie in [1, sae_d], got {self.ablation_sizes}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -157,6 +160,14 @@ class PartTwoConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, snapshot_every=self.snapshot_every, optimizer=self.optimizer,
                            lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, device=self.device)
+
+    def fingerprint(self) -> str:
+        """Names the stored result: every field that changes the numbers except the seed (the sweep's seed
+        column) and the device and thread count (as ExperimentConfig.fingerprint)."""
+        fields = dataclasses.asdict(self)
+        for name in ("seed", "device", "threads"):
+            fields.pop(name)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def layer_for_sae(self) -> int:
@@ -487,14 +498,6 @@ def paper_code_splice(model, task, config, seed) -> dict:
 # Claims
 # ----------------------------------------------------------------------------------------------------------
 
-def _row(claim, figure, quantity, prediction, measurement, tolerance, passed) -> dict:
-    """The row format of validate.execution_manifold (claim, figure, quantity, prediction, measurement,
-    tolerance, verdict); figure "paper" is the paper's own measure, "null" the corrected one."""
-    verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
-    return {"claim": claim, "figure": figure, "quantity": quantity, "prediction": prediction,
-            "measurement": measurement, "tolerance": tolerance, "verdict": verdict}
-
-
 def claim_rows(config: PartTwoConfig, commutators: dict, sae_stages: dict) -> list[dict]:
     rows = []
     acc = commutators["accumulated"]
@@ -554,7 +557,7 @@ def claim_rows(config: PartTwoConfig, commutators: dict, sae_stages: dict) -> li
                          f"{at_eta:.2e} at eta, {at_quarter:.2e} at eta/4 (x{at_eta / at_quarter:.1f})",
                          "<= 0.1; ratio 2.5-6", at_eta <= 0.1 and 2.5 <= at_eta / at_quarter <= 6))
     # SAE claims, per stage
-    for step, stage in sae_stages.items():
+    for step, stage in sorted(sae_stages.items(), key=lambda item: int(item[0])):  # JSON keys are text
         topk, relu = stage["topk"], stage["relu_l1"]
         name = f"C10 SAE captures routing (step {step})"
         capture = topk["routing_targets"]["capture"]
@@ -634,12 +637,53 @@ def run_part_two(config, out_dir: str, seed: int | None = None, show_progress: b
         if show_progress:
             print(f"[{COMMAND}] SAEs at step {step} done", file=sys.stderr)
     sae_seconds = time.perf_counter() - sae_started
-    rows = claim_rows(config, commutators, stages)
-    metrics = {"config": dataclasses.asdict(config), "commutators": commutators,
-               "sae": {str(k): v for k, v in stages.items()},
-               "final_train_loss": float(np.mean(run.loss[-max(1, config.snapshot_every // 5):])),
-               "seconds": {"train_and_commutators": train_seconds, "commutators": probe.seconds,
-                           "sae": sae_seconds}}
+    # JSON-safe before the rows are made from it, so that rows remade from a stored copy are the same
+    metrics = json_safe({"config": dataclasses.asdict(config), "commutators": commutators,
+                         "sae": {str(k): v for k, v in stages.items()},
+                         "final_train_loss": float(np.mean(run.loss[-max(1, config.snapshot_every // 5):])),
+                         "seconds": {"train_and_commutators": train_seconds, "commutators": probe.seconds,
+                                     "sae": sae_seconds}})
+    rows = claim_rows(config, metrics["commutators"], metrics["sae"])
+    paths = make_figures(config, metrics, out_dir) if figures else []
+    return PartTwoResult(rows, metrics, paths)
+
+
+PART_TWO_POINT = {"part": "two"}  # the one point of part two's sweep (its seed: config.seed)
+
+
+@dataclass(frozen=True)
+class PartTwoRun:
+    """The validate.sweep task of part two: one item, (point PART_TWO_POINT, config.seed), gives the metrics of
+    run_part_two (JSON-safe; the rows and figures are remade from them, so a resumed run prints the same)."""
+    config: PartTwoConfig
+    out_dir: str
+    show_progress: bool = False
+
+    def __call__(self, items):
+        results = []
+        for point, seed in items:
+            if dict(point) != PART_TWO_POINT or seed != self.config.seed:
+                raise ValueError(f"PartTwoRun of seed {self.config.seed} was given ({point}, {seed})")
+            results.append(run_part_two(self.config, self.out_dir, show_progress=self.show_progress,
+                                        figures=False).metrics)
+        return results
+
+
+def stored_part_two(config: PartTwoConfig, out_dir: str, store_path: str | None = None, fresh: bool = False,
+                    max_workers: int = 0, scheduler: str | None = None, show_progress: bool = False,
+                    figures: bool = True) -> PartTwoResult:
+    """run_part_two through the SQLite store of validate.sweep (default out_dir/sweep.sqlite, the store of
+    validate.execution_manifold): the metrics are one row of the sweep `execution_manifold_ii-<fingerprint>`,
+    written as soon as the run finishes, so a rerun with the same configuration reads them instead of training
+    again (fresh=True recomputes). The rows and figures are remade from the stored metrics."""
+    os.makedirs(out_dir, exist_ok=True)
+    store = SweepStore(store_path or os.path.join(out_dir, "sweep.sqlite"), sweep=f"{COMMAND}-{config.fingerprint()}")
+    task = PartTwoRun(config, out_dir, show_progress=show_progress and max_workers == 0 and scheduler is None)
+    row, = run_sweep(task, [PART_TWO_POINT], [config.seed], store, max_workers=max_workers, scheduler=scheduler,
+                     fresh=fresh)
+    metrics = row["result"]
+    metrics["sae"] = dict(sorted(metrics["sae"].items(), key=lambda item: int(item[0])))  # the store sorts keys
+    rows = claim_rows(config, metrics["commutators"], metrics["sae"])
     paths = make_figures(config, metrics, out_dir) if figures else []
     return PartTwoResult(rows, metrics, paths)
 
@@ -647,17 +691,6 @@ def run_part_two(config, out_dir: str, seed: int | None = None, show_progress: b
 # ----------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------
-
-def _save_figure(fig, out_dir, name) -> str:
-    import matplotlib.pyplot as plt
-    path = os.path.join(out_dir, name)
-    handle, temporary = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(handle)
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    os.replace(temporary, path)
-    return path
-
 
 def make_figures(config: PartTwoConfig, metrics: dict, out_dir: str) -> list[str]:
     import matplotlib
@@ -721,11 +754,11 @@ def make_figures(config: PartTwoConfig, metrics: dict, out_dir: str) -> list[str
     fig.suptitle(f"SGD commutators, {config.n_layers} layers d={config.d_model}, {config.optimizer} lr {config.lr}, "
                  f"{config.commutator_samples} samples per snapshot, eta={config.commutator_lr}", fontsize=10)
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir, "execution_manifold_commutator.png"))
+    paths.append(save_figure(fig, out_dir, "execution_manifold_commutator.png"))
 
     stages = metrics["sae"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    labels = list(stages)
+    labels = sorted(stages, key=int)  # checkpoint steps (JSON keys are text)
     x = np.arange(len(labels))
     ax = axes[0]
     width = 0.2
@@ -764,127 +797,19 @@ def make_figures(config: PartTwoConfig, metrics: dict, out_dir: str) -> list[str
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir, "execution_manifold_sae.png"))
+    paths.append(save_figure(fig, out_dir, "execution_manifold_sae.png"))
     return paths
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line
+# Command line: a thin alias of `python -m validate.execution_manifold --part two`
 # ----------------------------------------------------------------------------------------------------------
 
-def format_table(rows) -> str:
-    headers = ("claim", "figure", "quantity", "prediction", "measurement", "tolerance", "verdict")
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    return "\n".join([line, "-" * len(line)] + ["  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths))
-                                                for r in rows])
-
-
-_FLAGS = {"steps": "steps", "snapshot_every": "snapshot_every", "layers": "n_layers", "d_model": "d_model",
-          "lr": "lr", "sae_steps": "sae_steps", "sae_examples": "sae_examples", "sae_d": "sae_d", "sae_k": "sae_k"}
-
-
-def _k_per_block(text: str):
-    if text == "r90":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'r90', got {text!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = PartTwoConfig()
-    p = argparse.ArgumentParser(prog=f"python -m validate.{COMMAND}", description=__doc__.split("\n")[0])
-
-    def preset(field, text):
-        return f"{text} (default {getattr(d, field)}; with --quick {QUICK.get(field, getattr(d, field))})"
-
-    p.add_argument("--steps", type=int, help=preset("steps", "training steps"))
-    p.add_argument("--snapshot-every", type=int, help=preset("snapshot_every", "steps between snapshots/probes"))
-    p.add_argument("--layers", type=int, help=preset("n_layers", "transformer layers"))
-    p.add_argument("--d-model", type=int, help=preset("d_model", "model width"))
-    p.add_argument("--lr", type=float, help=preset("lr", "training learning rate"))
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help=f"(default {d.optimizer})")
-    p.add_argument("--mlp", choices=MLP_MODES, default=d.mlp,
-                   help="unused (default: the code's never-called MLPs, its P), none, or on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
-    p.add_argument("--commutator-lr", type=float, default=d.commutator_lr, help=f"eta (default {d.commutator_lr})")
-    p.add_argument("--commutator-samples", type=int, default=d.commutator_samples,
-                   help=f"commutators per snapshot (default {d.commutator_samples}; with --quick "
-                        f"{QUICK['commutator_samples']})")
-    p.add_argument("--commutator-precision", choices=("float64", "float32"), default=d.commutator_precision,
-                   help="float64 (default: paths on a float64 copy) or float32 (in place, as the code)")
-    p.add_argument("--k-per-block", type=_k_per_block, default=d.k_per_block,
-                   help=f"K_b, trajectory PCs per block: an integer or r90 (default {d.k_per_block})")
-    p.add_argument("--sae-steps", type=int, help=preset("sae_steps", "SAE training steps"))
-    p.add_argument("--sae-examples", type=int, help=preset("sae_examples", "activation vectors per SAE"))
-    p.add_argument("--sae-d", type=int, help=preset("sae_d", "SAE latents"))
-    p.add_argument("--sae-k", type=int, help=preset("sae_k", "TopK k"))
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", default=None, help=f"output directory (default runs/{COMMAND}/)")
-    p.add_argument("--quick", action="store_true", help="small preset: 2 layers, d=64, 1500 steps (~3-4 min)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    return p
-
-
-def config_from_args(args) -> PartTwoConfig:
-    values = dict(optimizer=args.optimizer, mlp=args.mlp, seed=args.seed, commutator_lr=args.commutator_lr,
-                  commutator_samples=args.commutator_samples, commutator_precision=args.commutator_precision,
-                  k_per_block=args.k_per_block, device=args.device, threads=args.threads)
-    for flag, field in _FLAGS.items():
-        given = getattr(args, flag)
-        if given is not None:
-            values[field] = given
-        elif args.quick and field in QUICK:
-            values[field] = QUICK[field]
-    if args.quick:
-        for field in ("ablation_sizes", "random_ablation_draws"):
-            values[field] = QUICK[field]
-        if args.commutator_samples == PartTwoConfig().commutator_samples:
-            values["commutator_samples"] = QUICK["commutator_samples"]
-    if args.lr is None and not args.quick and args.optimizer == "sgd":
-        values["lr"] = 1e-3
-    return PartTwoConfig(**values)
-
-
-def package_versions() -> dict:
-    import matplotlib
-    import scipy
-    import sympy
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "sympy": sympy.__version__, "matplotlib": matplotlib.__version__}
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    out_dir = args.out or os.path.join("runs", COMMAND)
-    started = time.perf_counter()
-    result = run_part_two(config, out_dir, show_progress=not args.quiet and sys.stderr.isatty())
-    elapsed = time.perf_counter() - started
-    print(format_table(result.rows))
-    record = {"command": COMMAND, "config": dataclasses.asdict(config), "versions": package_versions(),
-              "timings": {"total_seconds": elapsed, **result.metrics["seconds"]},
-              "claims": result.rows, "metrics": result.metrics,
-              "figures": [os.path.basename(p) for p in result.figures]}
-    _atomic_write_text(os.path.join(out_dir, f"{COMMAND}.json"), json.dumps(record, indent=1, default=float))
-    if not args.quiet:
-        print(f"[{COMMAND}] wrote {os.path.join(out_dir, COMMAND + '.json')} and {len(result.figures)} figures "
-              f"in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    """Part two alone: the flags of `python -m validate.execution_manifold` (without --part), the output in
+    runs/execution_manifold_ii/ and execution_manifold_ii.json unless --out says otherwise."""
+    from validate import execution_manifold
+    return execution_manifold.main(argv, command=COMMAND)
 
 
 if __name__ == "__main__":
