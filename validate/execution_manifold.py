@@ -800,7 +800,7 @@ def build_parser(command: str = COMMAND) -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help=f"output directory (default runs/{command}/)")
     r.add_argument("--quick", action="store_true",
                    help="small presets of both parts for smoke tests: 2 layers, d=64, 1500 steps, 3 seeds, "
-                        "lr 1e-3; smaller SAEs, 5 commutators per snapshot (both parts: 191 s measured on 2 "
+                        "lr 1e-3; smaller SAEs, 5 commutators per snapshot (both parts: 3.2-3.5 min measured on 2 "
                         "shared CPU cores)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return p
