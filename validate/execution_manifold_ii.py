@@ -782,7 +782,8 @@ def make_figures(config: PartTwoConfig, metrics: dict, out_dir: str) -> list[str
     ax.set_xticks(x, [f"step {s}" for s in labels])
     ax.set_ylabel("held-out accuracy for y")
     ax.set_title(f"execution isolation at L{stages[labels[0]]['layer']}, T-1", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.2)                          # room above the bars for the legend
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
     ax = axes[2]
     last = stages[labels[-1]]["topk"]["ablation"]
     sizes = last["sizes"]
