@@ -1,6 +1,6 @@
 """What a validate command writes, in one place: verdict rows and their table, package versions, JSON-safe
 values, and files written atomically (a temporary file in the target directory, then a rename; mode 0644, since
-mkstemp creates 0600). Used by validate.execution_manifold and validate.execution_manifold_ii."""
+mkstemp creates 0600). Used by every validate command."""
 from __future__ import annotations
 
 import os
@@ -80,12 +80,18 @@ def atomic_savez(path: str, arrays: dict) -> None:
     _atomic_replace(path, ".npz", lambda temporary: np.savez_compressed(temporary, **arrays))
 
 
+def atomic_savefig(fig, path: str, **savefig_kwargs) -> None:
+    """fig.savefig(path, format="png", **savefig_kwargs), atomically (the directory is created if needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic_replace(path, ".png", lambda temporary: fig.savefig(temporary, format="png", **savefig_kwargs))
+
+
 def save_figure(fig, out_dir: str, name: str, dpi: int = 110) -> str:
     """Save a Matplotlib figure as out_dir/name atomically, close it, return the path."""
     import matplotlib.pyplot as plt
     path = os.path.join(out_dir, name)
     try:
-        _atomic_replace(path, ".png", lambda temporary: fig.savefig(temporary, dpi=dpi, format="png"))
+        atomic_savefig(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
     return path

@@ -22,11 +22,12 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+
+from validate.reporting import atomic_savefig, atomic_write_text
 
 DEFAULT_OUT = os.path.join("runs", "scan_snap")
 REPO_FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")
@@ -261,13 +262,6 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def _atomic_savefig(fig, path):
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def figures(cfg: ScanSnapConfig, A: dict, T: dict, out_dir: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -296,7 +290,7 @@ def figures(cfg: ScanSnapConfig, A: dict, T: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=7)
     fig.suptitle(f"Attention of class 0 over training (seed {cfg.seeds[0]}), cf. paper Fig. 4")
     paths.append(os.path.join(out_dir, "scan_snap_attention.png"))
-    _atomic_savefig(fig, paths[-1])
+    atomic_savefig(fig, paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     # entropy against time for several ratios
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -314,7 +308,7 @@ def figures(cfg: ScanSnapConfig, A: dict, T: dict, out_dir: str) -> list[str]:
     ax.set_title("Syn-Small: entropy vs time (dashed: ODE with eta/(1-momentum))", fontsize=9)
     ax.legend(fontsize=7)
     paths.append(os.path.join(out_dir, "scan_snap_entropy.png"))
-    _atomic_savefig(fig, paths[-1])
+    atomic_savefig(fig, paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     # theory regime: attention vs ODE, error over time, snap
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
@@ -349,7 +343,7 @@ def figures(cfg: ScanSnapConfig, A: dict, T: dict, out_dir: str) -> list[str]:
     axes[2].set_title("back-propagated signal; dashed ODE, dotted t0' = K ln M / eta_Y", fontsize=8)
     axes[2].legend(fontsize=7)
     paths.append(os.path.join(out_dir, "scan_snap_theory.png"))
-    _atomic_savefig(fig, paths[-1])
+    atomic_savefig(fig, paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -380,10 +374,7 @@ def _jsonable(obj):
 
 
 def write_json(obj, path):
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(path) or ".")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_jsonable(obj), fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, sort_keys=True))
 
 
 def run(cfg: ScanSnapConfig, out_dir: str, quiet: bool = False, copy_figures_to: str | None = None) -> dict:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import torch
 
 from sim.signal_prop import exponents, propagate
 from theory.signal_prop import BlockParams
+from validate.reporting import atomic_savefig, atomic_write_text
 from validate.transformer import CanonicalBlock, CanonicalTransformer, gram_order_parameters, simplex_tokens
 
 SETTINGS = {
@@ -261,24 +261,13 @@ def plot(results: dict, cfg: Config, path: str):
     fig.suptitle(f"Token geometry through random canonical transformers: n={cfg.n_tokens}, "
                  f"depth {cfg.depth}, input rho0={cfg.rho0}", fontsize=11)
     fig.tight_layout()
-    _atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-
-
-def _atomic_savefig(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
 
 
 def write_json(obj, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def versions() -> dict:
