@@ -37,21 +37,23 @@ def package_versions() -> dict:
             "scipy": scipy.__version__, "sympy": sympy.__version__, "matplotlib": matplotlib.__version__}
 
 
-def json_safe(value):
+def json_safe(value, nonfinite_as_none: bool = False):
     """value with NumPy scalars and arrays turned into Python ones (tuples into lists), so that json.dumps
-    needs no `default` and a JSON round trip gives it back unchanged."""
+    needs no `default` and a JSON round trip gives it back unchanged; nonfinite_as_none=True also turns NaN
+    and inf into None (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, nonfinite_as_none) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, nonfinite_as_none) for v in value]
     if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
+        return json_safe(value.tolist(), nonfinite_as_none)
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return None if nonfinite_as_none and not np.isfinite(value) else value
     return value
 
 

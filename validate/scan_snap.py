@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from validate.reporting import atomic_savefig, atomic_write_text
+from validate.reporting import atomic_savefig, atomic_write_text, json_safe
 
 DEFAULT_OUT = os.path.join("runs", "scan_snap")
 REPO_FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")
@@ -357,24 +357,8 @@ def versions() -> dict:
             "sympy": sympy.__version__, "numba": numba.__version__, "torch": torch.__version__}
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def write_json(obj, path):
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps(json_safe(obj, nonfinite_as_none=True), indent=1, sort_keys=True))
 
 
 def run(cfg: ScanSnapConfig, out_dir: str, quiet: bool = False, copy_figures_to: str | None = None) -> dict:
