@@ -3,8 +3,8 @@
 One run measures, on this machine:
   1. the default grid's models (every (point, seed) of `python -m validate.phase_diagram`'s defaults: same
      model, batch of sequences, task, workers and threads) trained for a few steps exactly the way the
-     command does it: validate.sweep over the local worker processes, ``models_per_batch`` models vmapped
-     together per task (validate.batched_train.train_batched);
+     command does it: validate.sweep over the local worker processes, ``models_per_batch`` models trained
+     together per task as one stacked module (validate.batched_train.train_batched);
   2. the same models, same steps, same sweep and workers, but one model per task trained through its own
      forward (train_sequential): the sequential loop, the baseline;
   3. a dense fp32 1024^3 matmul in each worker process at the same thread count, summed over the workers:
@@ -90,7 +90,7 @@ def run(quick: bool = False) -> list[dict]:
              f"{train.batch}x{train.task.n_tokens} tokens/step), {steps} steps, {workers} workers x "
              f"{train.threads} thread(s)")
     rows = [
-        {"name": "phase_diagram: batched (vmap) training vs sequential loop",
+        {"name": "phase_diagram: batched (stacked) training vs sequential loop",
          "baseline": f"sequential {sequential_s:.2f} s", "ratio": sequential_s / batched_s,
          "detail": f"batched {batched_s:.2f} s ({batch_size} models per task); {shape}"},
         {"name": "phase_diagram: batched training FLOP rate / dense matmul FLOP rate",

@@ -2,22 +2,26 @@
 
 The network is nanoGPT-small in spirit and read top to bottom in ``PhaseModel``: a token embedding, the
 canonical blocks of validate.transformer (DESIGN.md, initialized by their own ``reset_parameters``), the same
-LN, and a linear readout. ``train_batched`` stacks M such models with ``torch.func.stack_module_state`` and
-runs them through ``torch.func.vmap(functional_call(...))``: every matmul becomes one batched matmul over a
-model axis, and Adam (elementwise) updates the stacked tensors as M independent optimizers would.
+LN, and a linear readout. ``StackedPhaseModels`` is M such models as one module: every weight stacked along a
+leading model axis, the same forward written with batched matmuls over that axis (torch.bmm / baddbmm), again
+read top to bottom. ``train_batched`` trains it with one Adam over the stacked tensors, which (Adam being
+elementwise) updates them exactly as M independent optimizers would.
 
-Models differ in their initialization (each from its own BlockParams and seed) and in the residual
-coefficients (alpha_A, alpha_M and the skips a_A, a_M), which are forward-pass constants; those enter the
-vmapped forward as a per-model tensor. ``train_sequential`` is the baseline: the same models, one after another,
-through the blocks' own ``forward``. A test checks that the two give the same numbers.
+Models differ in their initialization (each from its own BlockParams and seed; the stacked module copies the
+initialized PhaseModels) and in the residual coefficients (alpha_A, alpha_M and the skips a_A, a_M), which
+are forward-pass constants, (M, 1, 1) buffers of the stacked module. ``train_sequential`` is the baseline: the
+same models, one after another, through the blocks' own ``forward`` with torch.optim.Adam at its defaults. A
+test checks that the two give the same numbers.
 
 Divergence: a model whose training loss or gradient becomes NaN or inf is marked diverged at that step; its
-gradients are zeroed from then on and its remaining curve is NaN, while the other models train on.
+gradients are zeroed from then on and its remaining curve is NaN, while the other models train on. (In a
+blow-up, the step at which float32 first overflows depends on rounding, so the batched and the sequential
+runs can mark it at different steps.)
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -84,21 +88,84 @@ class PhaseModel(nn.Module):
         self.readout.normal_(0.0, 1.0 / math.sqrt(self.readout.shape[0]), generator=generator)
         return self
 
-    def residual_coefficients(self) -> torch.Tensor:
-        """(a_A, alpha_A, a_M, alpha_M): the forward-pass constants of DESIGN.md's residual update."""
-        h = self.params
-        return torch.tensor([h.skip_A, h.alpha_A, h.skip_M, h.alpha_M])
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return layer_norm(self.backbone(self.embed[tokens])) @ self.readout
 
-    def forward(self, tokens: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed[tokens]
-        if coefficients is None:            # the blocks' own forward (the sequential path)
-            x = self.backbone(x)
-        else:                               # same update, coefficients from a tensor (so they can be vmapped)
-            skip_A, alpha_A, skip_M, alpha_M = coefficients
-            for block in self.backbone.blocks:
-                x = skip_A * x + alpha_A * block.attention(x)
-                x = skip_M * x + alpha_M * block.mlp(x)
-        return layer_norm(x) @ self.readout
+
+class _LayerNorm(torch.autograd.Function):
+    """validate.transformer.layer_norm, LN(x) = sqrt(d) x / |x|, with a hand-written backward.
+
+    The forward is layer_norm's own expression (the same rounding, the same overflow to inf or NaN). The
+    backward, dL/dx = s (g - y (g . y) / d) with y = LN(x) and s = sqrt(d) / |x|, makes four passes over x
+    where autograd's chain through mul, div and norm makes about ten. Elementwise passes like these take
+    about a third of the stacked models' step.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        norm = x.norm(dim=-1, keepdim=True)
+        y = math.sqrt(x.shape[-1]) * x / norm
+        scale = math.sqrt(x.shape[-1]) / norm
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, scale = ctx.saved_tensors
+        dot = (g * y).sum(-1, keepdim=True)
+        return torch.addcmul(g, y, dot, value=-1.0 / y.shape[-1]).mul_(scale)
+
+
+class StackedPhaseModels(nn.Module):
+    """M PhaseModels as one module: tokens (M, B, n) -> logits (M, B, n, K), model m through model m's weights.
+
+    Every weight is the models' weights stacked along a leading model axis: embed (M, vocab, d), per block
+    W_Q, W_K, W_V (M, d, d), W_1 (M, d, d_ff), W_2 (M, d_ff, d), readout (M, d, K). The forward is
+    PhaseModel's, written for the model axis with torch.bmm; it differs from it only in float rounding
+    (summation order, and alpha (A H W_V) computed as (A H)(alpha W_V)).
+    """
+
+    def __init__(self, models: list[PhaseModel]):
+        super().__init__()
+        if len({(m.params.activation, m.params.residual) for m in models}) != 1 or \
+                len({tuple(p.shape for p in m.parameters()) for m in models}) != 1:
+            raise ValueError("stacked models must share their shapes, activation and residual")
+
+        def stacked(weight):
+            return nn.Parameter(torch.stack([weight(m).detach() for m in models]))
+
+        self.embed = stacked(lambda m: m.embed)
+        depth = len(models[0].backbone.blocks)
+        for name in ("W_Q", "W_K", "W_V", "W_1", "W_2"):
+            setattr(self, name, nn.ParameterList(stacked(lambda m: getattr(m.backbone.blocks[layer], name))
+                                                 for layer in range(depth)))
+        self.readout = stacked(lambda m: m.readout)
+        for name in ("skip_A", "alpha_A", "skip_M", "alpha_M"):   # DESIGN.md's a_A, alpha_A, a_M, alpha_M
+            self.register_buffer(name, torch.tensor([float(getattr(m.params, name)) for m in models])
+                                 .view(-1, 1, 1))
+        self.phi = models[0].backbone.blocks[0].phi
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        M, B, n = tokens.shape
+        vocab, d = self.embed.shape[1:]
+        # model m's tokens index rows m * vocab + token of the models' embeddings laid end to end
+        x = nn.functional.embedding(tokens + vocab * torch.arange(M, device=tokens.device).view(M, 1, 1),
+                                    self.embed.flatten(0, 1)).view(M, B * n, d)     # (M, tokens, d)
+        for W_Q, W_K, W_V, W_1, W_2 in zip(self.W_Q, self.W_K, self.W_V, self.W_1, self.W_2):
+            # attention, per sequence: models and sequences share the leading axis of (M * B, n, d)
+            h = _LayerNorm.apply(x)
+            q = torch.bmm(h, W_Q).view(M * B, n, d)
+            k = torch.bmm(h, W_K).view(M * B, n, d)
+            # logits laid out (key, sequence, query): torch's CPU softmax is slow along a short last axis
+            logits = torch.bmm(k, q.transpose(1, 2)).transpose(0, 1).contiguous() / math.sqrt(d)
+            weights = torch.softmax(logits, dim=0).permute(1, 2, 0)                  # (M * B, query, key)
+            mixed = torch.bmm(weights, h.view(M * B, n, d)).view(M, B * n, d)        # A H
+            # X <- a_A X + alpha_A (A H) W_V, as (a_A X) + (A H)(alpha_A W_V): one in-place baddbmm
+            x = (self.skip_A * x).baddbmm_(mixed, self.alpha_A * W_V)
+            # MLP: X <- a_M X + alpha_M phi(H W_1) W_2, likewise
+            h = _LayerNorm.apply(x)
+            x = (self.skip_M * x).baddbmm_(self.phi(torch.bmm(h, W_1)), self.alpha_M * W_2)
+        return torch.bmm(_LayerNorm.apply(x), self.readout).view(M, B, n, -1)
 
 
 def params_at(base: BlockParams, point: dict) -> BlockParams:
@@ -137,27 +204,28 @@ def build_models(params_list: list[BlockParams], seeds: list[int], config: Train
             for h, s in zip(params_list, seeds)]
 
 
-def _stacked(models: list[PhaseModel], device: str):
-    """The models as one set of stacked leaf tensors (model axis first), their residual coefficients, and
-    forward(params, coefficients, tokens (M, B, n)) -> logits (M, B, n, K), vmapped over the model axis."""
-    stacked, _ = torch.func.stack_module_state(models)
-    params = {k: v.detach().to(device).requires_grad_() for k, v in stacked.items()}
-    coefficients = torch.stack([m.residual_coefficients() for m in models]).to(device)
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def one_model(p, c, tokens):
-        return torch.func.functional_call(base, p, (tokens, c))
-
-    return params, coefficients, torch.func.vmap(one_model)
-
-
 def _train_stream(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * (int(seed) + 1))
 
 
-def _make_optimizer(tensors, config: TrainConfig):
-    """The optimizer and its learning-rate schedule (cosine decay to 0 damps the end-of-training noise)."""
-    optimizer = (torch.optim.Adam(tensors, lr=config.lr) if config.optimizer == "adam"
+@functools.lru_cache(maxsize=None)
+def _fused_adam_available(device_type: str) -> bool:
+    """Whether this torch has fused Adam kernels for the device (on CPU since torch 2.4)."""
+    try:
+        p = torch.zeros(1, device=device_type, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        torch.optim.Adam([p], fused=True).step()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _make_optimizer(tensors, config: TrainConfig, fused: bool = False):
+    """The optimizer and its learning-rate schedule (cosine decay to 0 damps the end-of-training noise).
+    fused=True: Adam's single-kernel implementation where torch has one (the same update, for the few large
+    stacked tensors); otherwise, and for the baseline, torch.optim.Adam at its defaults."""
+    fused = fused and _fused_adam_available(tensors[0].device.type)
+    optimizer = (torch.optim.Adam(tensors, lr=config.lr, fused=fused or None) if config.optimizer == "adam"
                  else torch.optim.SGD(tensors, lr=config.lr))
     if config.schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -191,14 +259,15 @@ def _clean(value: float) -> float | None:
 
 def train_batched(params_list: list[BlockParams], seeds: list[int], config: TrainConfig,
                   device: str = "cpu") -> list[dict]:
-    """Train one model per (params, seed) together, vmapped over a model axis. Returns one record each:
+    """Train one model per (params, seed) together, as one StackedPhaseModels. Returns one record each:
     train_loss and grad_norm per step, test_loss at eval_steps, final_test_loss, diverged_at (step or None).
     """
     if len(params_list) != len(seeds) or not seeds:
         raise ValueError("params_list and seeds must be non-empty and of equal length")
     torch.set_num_threads(config.threads)
-    params, coefficients, batched = _stacked(build_models(params_list, seeds, config), device)
-    optimizer, schedule = _make_optimizer(list(params.values()), config)
+    models = StackedPhaseModels(build_models(params_list, seeds, config)).to(device)
+    params = list(models.parameters())
+    optimizer, schedule = _make_optimizer(params, config, fused=True)
     task = config.task
     distinct_seeds = sorted(set(int(s) for s in seeds))
     seed_index = torch.tensor([distinct_seeds.index(int(s)) for s in seeds], device=device)
@@ -215,9 +284,8 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
             losses = []
             for start in range(0, config.test_size, 256):
                 chunk = test_tokens[start:start + 256]
-                logits = batched(params, coefficients, chunk.expand(len(seeds), *chunk.shape))
-                losses.append(task.expected_loss(logits, test_labels[start:start + 256])
-                              * len(test_tokens[start:start + 256]))
+                logits = models(chunk.expand(n_models, *chunk.shape))
+                losses.append(task.expected_loss(logits, test_labels[start:start + 256]) * len(chunk))
             losses = (torch.stack(losses).sum(0) / config.test_size).where(alive, torch.nan)
         for record, value in zip(records, losses.tolist()):
             record["test_loss"].append(_clean(value))
@@ -230,18 +298,18 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
         per_seed = [task.sample(config.batch, streams[s]) for s in distinct_seeds]
         tokens = torch.stack([t for t, _ in per_seed]).to(device)[seed_index]
         labels = torch.stack([y for _, y in per_seed]).to(device)[seed_index]
-        logits = batched(params, coefficients, tokens)                       # (M, B, n, K)
+        logits = models(tokens)                                              # (M, B, n, K)
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(1, 2).transpose(1, 2), labels.flatten(1), reduction="none").mean(-1)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()
         torch.where(alive, loss, 0.0).sum().backward()
         with torch.no_grad():
-            grad_sq = sum(g.grad.pow(2).flatten(1).sum(1) for g in params.values())
+            grad_sq = sum(p.grad.flatten(1).square().sum(1) for p in params)   # (M,)
             newly_dead = alive & ~(torch.isfinite(loss) & torch.isfinite(grad_sq))
             alive &= ~newly_dead
             if not alive.all():
-                for tensor in params.values():   # dead models: zero gradient, so they stay put and apart
-                    tensor.grad.copy_(torch.where(alive.view(-1, *[1] * (tensor.dim() - 1)), tensor.grad, 0.0))
+                for p in params:   # dead models: zero gradient, so they stay put and apart
+                    p.grad.copy_(torch.where(alive.view(-1, *[1] * (p.dim() - 1)), p.grad, 0.0))
         optimizer.step()
         schedule.step()
         for i in torch.nonzero(newly_dead).flatten().tolist():
@@ -304,14 +372,21 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
 
 
 def training_step_flops(n_models: int, config: TrainConfig) -> int:
-    """FLOPs of one batched training step (forward + backward), counted by torch's FlopCounterMode."""
+    """FLOPs of one batched training step (forward + backward of StackedPhaseModels), counted by torch's
+    FlopCounterMode. Its table has baddbmm but not the in-place baddbmm_ that the forward calls; that op
+    is counted with the same formula (the matmul's FLOPs, like baddbmm and bmm)."""
     from torch.utils.flop_counter import FlopCounterMode
-    models = build_models([BlockParams(n_tokens=config.task.n_tokens)] * n_models, list(range(n_models)), config)
-    params, coefficients, forward = _stacked(models, "cpu")
+
+    def baddbmm_flop(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+        (batch, rows, inner), columns = a_shape, b_shape[-1]
+        return 2 * batch * rows * inner * columns
+
+    models = StackedPhaseModels(build_models([BlockParams(n_tokens=config.task.n_tokens)] * n_models,
+                                             list(range(n_models)), config))
     tokens, labels = config.task.sample(config.batch, torch.Generator().manual_seed(0))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: baddbmm_flop})
     with counter:
-        logits = forward(params, coefficients, tokens.expand(n_models, -1, -1))
+        logits = models(tokens.expand(n_models, -1, -1))
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), labels.repeat(n_models, 1).flatten())
         loss.backward()
     return int(counter.get_total_flops())
