@@ -36,7 +36,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +45,7 @@ from sim.signal_prop import GRID_FIELDS, critical_point, exponent_grid
 from theory.signal_prop import ACTIVATIONS, RESIDUALS, BlockParams
 from validate.batched_train import TrainConfig, TrainPoints
 from validate.phase_task import HistogramTask
+from validate.reporting import atomic_savefig, json_safe
 from validate.signal_prop import versions, write_json
 from validate.sweep import SweepStore, point_key, run_sweep
 
@@ -385,38 +385,13 @@ def plot(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, rows: list[dict], 
                  f"{cfg.base.activation}, n={cfg.base.n_tokens}; distance min-loss to predicted point "
                  f"{metrics['distance_cells']:.2f} cells", fontsize=12)
     fig.tight_layout()
-    _save_atomic(fig, path)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
-
-
-def _save_atomic(fig, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------
 # Run
 # ----------------------------------------------------------------------------------------------------
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def run(cfg: PhaseDiagramConfig, quiet: bool = False) -> dict:
     from tqdm.auto import tqdm
 
@@ -466,7 +441,7 @@ def run(cfg: PhaseDiagramConfig, quiet: bool = False) -> dict:
     }
     # the headline numbers also at the top level, where the issue names them
     record.update({key: analysis["metrics"][key] for key in HEADLINE})
-    record = _jsonable(record)
+    record = json_safe(record, nonfinite_as_none=True)
     write_json(record, os.path.join(cfg.out, "phase_diagram.json"))
     return record
 
