@@ -254,11 +254,11 @@ def dopri5_fixed(system, t0, t1, y0, p, n_steps, embedded, out):
     out[:] = y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _dopri5_batch(system, t_eval, Y0, P, rtol, atol, max_steps, OUT, STATS):
-    # serial on purpose: a parallel (OpenMP) region here left spinning threads that slowed the PyTorch
-    # training run in the same process by ~20x on a 2-core machine
-    for b in range(Y0.shape[0]):
+    # settings in parallel; sim/__init__ prefers Numba's workqueue layer, whose idle threads block instead of
+    # spinning (OpenMP's spin slowed the PyTorch training in the same process ~20x on 2 cores)
+    for b in numba.prange(Y0.shape[0]):
         dopri5(system, t_eval, Y0[b], P[b], rtol, atol, max_steps, OUT[b], STATS[b])
 
 
