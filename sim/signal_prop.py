@@ -451,16 +451,6 @@ def _kernel_pairs(base_row, xs, x_columns, ys, y_columns):
     return pairs, stride
 
 
-def grid_points(base: BlockParams, x_field: str, x_values, y_field: str, y_values) -> np.ndarray:
-    """(len(y) * len(x), 6) array of the numeric fields at every grid point (row-major over (y, x)),
-    validated."""
-    base_row, xs, x_columns, ys, y_columns = _grid_axes(base, x_field, x_values, y_field, y_values)
-    P = np.tile(base_row, (ys.size, xs.size, 1))
-    P[:, :, x_columns] = xs[None, :, None]
-    P[:, :, y_columns] = ys[:, None, None]
-    return P.reshape(-1, len(T.NUMERIC_FIELDS))
-
-
 def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_values,
                   q: float | None = None):
     """Both exponents on the grid y_values x x_values of two BlockParams fields (Numba parallel).

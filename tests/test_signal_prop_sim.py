@@ -174,17 +174,16 @@ def test_grid_rejects_bad_fields_and_values():
         S.exponent_grid(h, "alpha", [0.5], "sigma_w", [1.0], q=-1.0)
 
 
-def test_grid_points_match_the_grid_axes():
+def test_kernel_pairs_follow_the_grid_axes():
     h = BlockParams(residual="plain")
     xs, ys = [0.5, 1.5, 2.5], [0.25, 4.0]
-    P = S.grid_points(h, "sigma_w", xs, "sigma_2", ys)
-    assert P.shape == (6, len(T.NUMERIC_FIELDS))
-    assert P[:, T.NUMERIC_FIELDS.index("sigma_w")].tolist() == xs * 2
-    assert P[:, T.NUMERIC_FIELDS.index("sigma_2")].tolist() == [0.25] * 3 + [4.0] * 3
-    # both kernel fields on the axes: one kernel pair per point, in the grid's row-major order
+    # both kernel fields on the axes: one (sigma_w, sigma_2) pair per point, in the grid's row-major order
     pairs, stride = S._kernel_pairs(*S._grid_axes(h, "sigma_w", xs, "sigma_2", ys))
-    assert pairs.tolist() == P[:, [T.NUMERIC_FIELDS.index("sigma_w"), T.NUMERIC_FIELDS.index("sigma_2")]].tolist()
+    assert pairs.tolist() == [[x, y] for y in ys for x in xs]
     assert stride.tolist() == [3, 1]
+    # one kernel axis: one pair per value of that axis, the other field at the base's value
+    pairs, stride = S._kernel_pairs(*S._grid_axes(h, "alpha_A", [0.1, 0.2], "sigma_w", xs))
+    assert pairs.tolist() == [[x, h.sigma_2] for x in xs] and stride.tolist() == [1, 0]
     angle, _ = S.exponent_grid(h, "sigma_w", xs, "sigma_2", ys)
     assert angle[1, 2] == pytest.approx(S.exponents(h.replace(sigma_w=2.5, sigma_2=4.0)).angle, rel=1e-12)
 
