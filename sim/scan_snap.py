@@ -141,25 +141,37 @@ DP_A = np.array([
 DP_B5 = DP_A[6].copy()  # the 5th-order weights (FSAL: the last stage is f at the new point)
 DP_B4 = np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 DP_E = DP_B5 - DP_B4
+assert DP_A[6, 1] == 0.0 and DP_E[1] == 0.0  # _dp_step skips these two terms
 
 
 @numba.njit(cache=True)
 def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr):
     """One Dormand-Prince step from (t, y) with k[0] = f(t, y) already set; fills k[1..6], ynew, yerr."""
     n = y.size
-    for s in range(1, 7):
-        for i in range(n):
-            acc = 0.0
-            for j in range(s):
-                acc += DP_A[s, j] * k[j, i]
-            ytmp[i] = y[i] + h * acc
-        _rhs(system, t + DP_C[s] * h, ytmp, p, k[s])
+    k0, k1, k2, k3, k4, k5, k6 = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
+    a = h * DP_A
+    e = h * DP_E
+    # one pass over the components per stage, written out: a loop over j inside would not vectorize
     for i in range(n):
-        ynew[i] = ytmp[i]  # stage 7 is evaluated at the 5th-order solution
-        acc = 0.0
-        for j in range(7):
-            acc += DP_E[j] * k[j, i]
-        yerr[i] = h * acc
+        ytmp[i] = y[i] + a[1, 0] * k0[i]
+    _rhs(system, t + DP_C[1] * h, ytmp, p, k1)
+    for i in range(n):
+        ytmp[i] = y[i] + a[2, 0] * k0[i] + a[2, 1] * k1[i]
+    _rhs(system, t + DP_C[2] * h, ytmp, p, k2)
+    for i in range(n):
+        ytmp[i] = y[i] + a[3, 0] * k0[i] + a[3, 1] * k1[i] + a[3, 2] * k2[i]
+    _rhs(system, t + DP_C[3] * h, ytmp, p, k3)
+    for i in range(n):
+        ytmp[i] = y[i] + a[4, 0] * k0[i] + a[4, 1] * k1[i] + a[4, 2] * k2[i] + a[4, 3] * k3[i]
+    _rhs(system, t + DP_C[4] * h, ytmp, p, k4)
+    for i in range(n):
+        ytmp[i] = y[i] + a[5, 0] * k0[i] + a[5, 1] * k1[i] + a[5, 2] * k2[i] + a[5, 3] * k3[i] + a[5, 4] * k4[i]
+    _rhs(system, t + DP_C[5] * h, ytmp, p, k5)
+    for i in range(n):  # A[6, 1] = 0; stage 7 is evaluated at the 5th-order solution (FSAL)
+        ynew[i] = y[i] + a[6, 0] * k0[i] + a[6, 2] * k2[i] + a[6, 3] * k3[i] + a[6, 4] * k4[i] + a[6, 5] * k5[i]
+    _rhs(system, t + DP_C[6] * h, ynew, p, k6)
+    for i in range(n):  # E[1] = 0
+        yerr[i] = e[0] * k0[i] + e[2] * k2[i] + e[3] * k3[i] + e[4] * k4[i] + e[5] * k5[i] + e[6] * k6[i]
 
 
 @numba.njit(cache=True)
@@ -437,25 +449,44 @@ def attention_from_logits(table: ClassTable, Z_rows) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _class_forward(P, zrow, Y, c, f, alpha):
-    """Long-sequence forward pass of one class: c (Eqn. 5), f = c/||c||, alpha = softmax(Y^T f)."""
+def _class_forward(P, zrow, Y, c, f, alpha, support):
+    """Long-sequence forward pass of one class: c (Eqn. 5), f = c/||c||, alpha = softmax(Y^T f).
+    Writes the indices l with f_l != 0 (the support of P) to support[:ns] and returns ns: every term of
+    Lemma 1 carries a factor f_l, so the flow only needs those rows of Y."""
     M = P.size
     norm = _class_attention(P, zrow, c)
+    ns = 0
     for l in range(M):
         f[l] = _decoder_input(c[l], norm)
+        if f[l] != 0.0:
+            support[ns] = l
+            ns += 1
+    alpha[:] = 0.0
+    for s in range(ns):  # rows of Y, contiguous in memory
+        l = support[s]
+        for j in range(M):
+            alpha[j] += Y[l, j] * f[l]
     smax = -np.inf
     for j in range(M):
-        acc = 0.0
-        for l in range(M):
-            acc += Y[l, j] * f[l]
-        alpha[j] = acc
-        smax = max(smax, acc)
+        smax = max(smax, alpha[j])
     total = 0.0
     for j in range(M):
         alpha[j] = _decoder_prob_score(alpha[j], smax)
         total += alpha[j]
     for j in range(M):
         alpha[j] /= total
+    return ns
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_dot_residual(y_row, target, alpha):
+    """sum_j y_j (e_j - alpha_j), the component g_l = (Y (e_n - alpha_n))_l of Theorem 1. Reassociation lets
+    the sum run in SIMD lanes instead of one dependent add per term (the rounding of a 34-term sum changes at
+    the 1e-16 level)."""
+    acc = 0.0
+    for j in range(y_row.size):
+        acc += y_row[j] * (target[j] - alpha[j])
+    return acc
 
 
 @numba.njit(cache=True)
@@ -474,23 +505,25 @@ def yz_flow_rhs(t, y, p, dy):
     c = np.empty(M)
     f = np.empty(M)
     alpha = np.empty(M)
+    target = np.empty(M)
     g = np.empty(M)
+    support = np.empty(M, dtype=np.int64)
     for k in range(K):
         row = int(p[5 + k])
         nxt = int(p[5 + K + k])
         P = p[off_P + k * M: off_P + (k + 1) * M]
-        _class_forward(P, Z[row * M:(row + 1) * M], Y, c, f, alpha)
+        ns = _class_forward(P, Z[row * M:(row + 1) * M], Y, c, f, alpha, support)
+        for j in range(M):
+            target[j] = 1.0 if j == nxt else 0.0
         f_dot_g = 0.0
-        for l in range(M):
-            acc = 0.0
+        for s in range(ns):  # off the support f_l = 0, and so are dY[l, :] and dz_l
+            l = support[s]
             for j in range(M):
-                e_j = 1.0 if j == nxt else 0.0
-                acc += Y[l, j] * (e_j - alpha[j])
-                if f[l] != 0.0:
-                    dY[l, j] += _decoder_velocity(eta_Y, f[l], e_j, alpha[j]) / K
-            g[l] = acc
-            f_dot_g += f[l] * acc
-        for l in range(M):
+                dY[l, j] += _decoder_velocity(eta_Y, f[l], target[j], alpha[j]) / K
+            g[l] = _row_dot_residual(Y[l], target, alpha)
+            f_dot_g += f[l] * g[l]
+        for s in range(ns):
+            l = support[s]
             dZ[row * M + l] += _attention_velocity(eta_Z, f[l], g[l], f_dot_g) / K
 
 
@@ -600,8 +633,9 @@ def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
     c = np.empty(M)
     f = np.empty(M)
     alpha = np.empty(M)
+    support = np.empty(M, dtype=np.int64)
     for k in range(K):
-        _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha)
+        _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha, support)
         sq = 0.0
         for l in range(M):
             acc = 0.0

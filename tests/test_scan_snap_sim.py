@@ -135,3 +135,24 @@ def test_generated_formulas_module_is_current():
     # sim/_scan_snap_formulas.py is committed; it must have been generated from the current theory file
     from sim import _scan_snap_formulas as generated
     assert generated.THEORY_SHA256 == ss._theory_digest()
+
+
+def test_user_baseline_rhs_equals_compiled(syn_small_table):
+    # benchmarks/bench_scan_snap.py times solve_ivp on these NumPy right-hand sides: they must be the same
+    # equations as the compiled ones, so a speed ratio compares like with like. 1e-13 relative: both are float64
+    # sums of a few dozen terms of size <= 1, in different orders.
+    from benchmarks import numpy_scan_snap as user_rhs
+    tab = syn_small_table
+    rng = np.random.default_rng(3)
+    M, nq = tab.n_vocab, tab.n_queries
+    red = ss.reduced_params(1.3, 0.4, 1000.0, 10.0, 1.0)[0]
+    cases = [(ss.reduced_rhs, red, user_rhs.reduced_rhs(red), np.abs(rng.standard_normal(4)) * 0.01),
+             (ss.lemma4_rhs, ss.lemma4_params(tab, 1.3, 0.4)[0], user_rhs.lemma4_rhs(tab, 1.3, 0.4),
+              np.concatenate([[0.02], rng.standard_normal(nq * M)])),
+             (ss.yz_flow_rhs, ss.yz_flow_params(tab, 1.3, 0.4)[0], user_rhs.yz_flow_rhs(tab, 1.3, 0.4),
+              rng.standard_normal(M * M + nq * M))]
+    for compiled_rhs, params, numpy_rhs, y in cases:
+        dy = np.empty_like(y)
+        compiled_rhs(0.0, y, params, dy)
+        assert np.all(np.isfinite(dy)) and np.count_nonzero(dy) > dy.size // 4  # a state where the flow moves
+        np.testing.assert_allclose(numpy_rhs(0.0, y), dy, rtol=1e-13, atol=1e-13 * np.max(np.abs(dy)))
