@@ -14,8 +14,10 @@ integrator. Three systems, each batched over settings:
   classes averaged uniformly: what SGD on the Y/Z model follows for T -> infinity, small learning rates.
 
 The integrator (`dopri5`) is Dormand & Prince's RK5(4)7M with FSAL, a mixed absolute/relative RMS error
-norm and the usual step-size controller (Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4); it lands
-exactly on the requested output times. `dopri5_fixed` takes fixed steps for convergence-order tests.
+norm and the usual step-size controller (Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4). By default it
+lands exactly on the requested output times; `integrate(..., dense=True)` steps past them and fills them from
+the method's 4th-order continuous extension, as solve_ivp's t_eval does. `dopri5_fixed` takes fixed steps for
+convergence-order tests.
 """
 from __future__ import annotations
 
@@ -142,6 +144,18 @@ DP_B5 = DP_A[6].copy()  # the 5th-order weights (FSAL: the last stage is f at th
 DP_B4 = np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 DP_E = DP_B5 - DP_B4
 assert DP_A[6, 1] == 0.0 and DP_E[1] == 0.0  # _dp_step skips these two terms
+# Continuous extension (Shampine 1986; Hairer, Norsett & Wanner I, Sec. II.6): inside a step of size h from y,
+# y(t + theta h) = y + h sum_j k_j sum_m DP_P[j, m] theta^(m+1), a 4th-order interpolant that equals the 5th-order
+# solution at theta = 1 and has derivative f at both ends (tests check both and its local order).
+DP_P = np.array([
+    [1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0.0, 0.0, 0.0, 0.0],
+    [0.0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423],
+])
 
 
 @numba.njit(cache=True)
@@ -175,11 +189,27 @@ def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr):
 
 
 @numba.njit(cache=True)
-def dopri5(system, t_eval, y0, p, rtol, atol, max_steps, out, stats):
+def _dense_output(y, k, h, theta, out):
+    """out = y(t + theta h) by the continuous extension DP_P of the step whose stages are k."""
+    w = np.zeros(7)
+    power = 1.0
+    for m in range(4):
+        power *= theta
+        for j in range(7):
+            w[j] += h * DP_P[j, m] * power
+    for i in range(y.size):
+        out[i] = y[i] + w[0] * k[0, i] + w[2] * k[2, i] + w[3] * k[3, i] + w[4] * k[4, i] + w[5] * k[5, i] + w[6] * k[6, i]
+
+
+@numba.njit(cache=True)
+def dopri5(system, t_eval, y0, p, rtol, atol, max_steps, dense, out, stats):
     """Adaptive Dormand-Prince 5(4) from t_eval[0] through every t_eval[i]; writes y(t_eval[i]) to out[i].
 
     system: an integer from `system_id` (right-hand sides are dispatched by number, not passed as functions,
     so that Numba can cache this on disk); each rhs(t, y, p, dy) fills dy in place.
+    dense=False: the steps land exactly on every output time (outputs carry the 5th-order solution's error).
+    dense=True: the steps ignore the output times, which are filled by the 4th-order continuous extension
+    DP_P (as solve_ivp's t_eval does): fewer steps when outputs are closer together than the steps need.
     Error norm: RMS of err_i / (atol + rtol max(|y_i|, |ynew_i|)).
     stats = [accepted steps, rejected steps, rhs evaluations, status (0 ok, 1 max_steps, 2 step underflow)].
     """
@@ -208,38 +238,44 @@ def dopri5(system, t_eval, y0, p, rtol, atol, max_steps, out, stats):
     accepted = 0
     rejected = 0
     status = 0
-    for idx in range(1, t_eval.size):
-        target = t_eval[idx]
-        while t < target and status == 0:
-            if accepted + rejected >= max_steps:
-                status = 1
-                break
-            step = min(h, target - t)
-            last = step < h
-            _dp_step(system, t, y, p, step, k, ytmp, ynew, yerr)
-            nfev += 6
-            err = 0.0
+    idx = 1  # the next output to fill
+    while idx < t_eval.size and status == 0:
+        target = t_eval[-1] if dense else t_eval[idx]
+        if accepted + rejected >= max_steps:
+            status = 1
+            break
+        step = min(h, target - t)
+        last = step < h
+        _dp_step(system, t, y, p, step, k, ytmp, ynew, yerr)
+        nfev += 6
+        err = 0.0
+        for i in range(n):
+            sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
+            err += (yerr[i] / sc) ** 2
+        err = np.sqrt(err / n)
+        if err <= 1.0:
+            t_new = target if last else t + step
+            while dense and idx < t_eval.size - 1 and t_eval[idx] < t_new:
+                _dense_output(y, k, step, (t_eval[idx] - t) / step, out[idx])
+                idx += 1
+            t = t_new
             for i in range(n):
-                sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
-                err += (yerr[i] / sc) ** 2
-            err = np.sqrt(err / n)
-            if err <= 1.0:
-                t = target if last else t + step
-                for i in range(n):
-                    y[i] = ynew[i]
-                    k[0, i] = k[6, i]  # FSAL
-                accepted += 1
-                factor = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
-                if not last:
-                    h = step * factor
-                else:
-                    h = max(h, step * factor)
+                y[i] = ynew[i]
+                k[0, i] = k[6, i]  # FSAL
+            if t == t_eval[idx]:
+                out[idx, :] = y
+                idx += 1
+            accepted += 1
+            factor = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
+            if not last:
+                h = step * factor
             else:
-                rejected += 1
-                h = step * max(0.2, 0.9 * err ** -0.2)
-                if h < 1e-14 * max(1.0, abs(t)):
-                    status = 2
-        out[idx, :] = y
+                h = max(h, step * factor)
+        else:
+            rejected += 1
+            h = step * max(0.2, 0.9 * err ** -0.2)
+            if h < 1e-14 * max(1.0, abs(t)):
+                status = 2
     stats[0] = accepted
     stats[1] = rejected
     stats[2] = nfev
@@ -267,11 +303,11 @@ def dopri5_fixed(system, t0, t1, y0, p, n_steps, embedded, out):
 
 
 @numba.njit(cache=True, parallel=True)
-def _dopri5_batch(system, t_eval, Y0, P, rtol, atol, max_steps, OUT, STATS):
+def _dopri5_batch(system, t_eval, Y0, P, rtol, atol, max_steps, dense, OUT, STATS):
     # settings in parallel; sim/__init__ prefers Numba's workqueue layer, whose idle threads block instead of
     # spinning (OpenMP's spin slowed the PyTorch training in the same process ~20x on 2 cores)
     for b in numba.prange(Y0.shape[0]):
-        dopri5(system, t_eval, Y0[b], P[b], rtol, atol, max_steps, OUT[b], STATS[b])
+        dopri5(system, t_eval, Y0[b], P[b], rtol, atol, max_steps, dense, OUT[b], STATS[b])
 
 
 @dataclass(frozen=True)
@@ -289,9 +325,11 @@ class Solution:
         return self.accepted + self.rejected
 
 
-def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_000) -> Solution:
+def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=1_000_000,
+              dense: bool = False) -> Solution:
     """Integrate dy/dt = rhs(t, y, p) of `system` (one of SYSTEMS) for a batch: y0 (B, n), params (B, n_p),
-    every row on its own adaptive steps. Raises ValueError on bad input and RuntimeError if a setting fails to finish."""
+    every row on its own adaptive steps. dense=True fills the output times by interpolation instead of
+    stepping onto them (`dopri5`). Raises ValueError on bad input and RuntimeError if a setting fails to finish."""
     t_eval = np.ascontiguousarray(t_eval, dtype=np.float64)
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
     params = np.ascontiguousarray(np.atleast_2d(params), dtype=np.float64)
@@ -303,7 +341,8 @@ def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=
         raise ValueError(f"rtol={rtol}, atol={atol}: both must be > 0")
     out = np.empty((y0.shape[0], t_eval.size, y0.shape[1]))
     stats = np.zeros((y0.shape[0], 4), dtype=np.int64)
-    _dopri5_batch(system_id(system), t_eval, y0, params, float(rtol), float(atol), int(max_steps), out, stats)
+    _dopri5_batch(system_id(system), t_eval, y0, params, float(rtol), float(atol), int(max_steps), bool(dense), out,
+                  stats)
     if np.any(stats[:, 3] != 0):
         bad = int(np.flatnonzero(stats[:, 3])[0])
         raise RuntimeError(f"dopri5: setting {bad} stopped early (status {stats[bad, 3]}: 1 = max_steps, "
@@ -380,6 +419,12 @@ def speed_coefficient(t, M, K, eta_Y) -> np.ndarray:
     return np.array([_speed_coefficient(float(M), x) for x in hh])
 
 
+# The Lemma 1 flow's sums over tokens may be reordered (reassociation, fused multiply-adds, reciprocals): that lets
+# them run in SIMD lanes, 13% off the right-hand side, and changes results only at rounding level (1e-16
+# relative per sum). No flag that assumes finite values: the max-shifts start from -inf.
+_REORDER = {"reassoc", "contract", "arcp"}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Long-sequence attention (Lemma 2 / Eqn. 5) on a class table
 # ---------------------------------------------------------------------------------------------------------
@@ -448,7 +493,7 @@ def attention_from_logits(table: ClassTable, Z_rows) -> np.ndarray:
 # parameter layout: [eta_Y, eta_Z, M, K, n_queries, query_row[K], next_token[K], P[K*M]]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_REORDER)
 def _class_forward(P, zrow, Y, c, f, alpha, support):
     """Long-sequence forward pass of one class: c (Eqn. 5), f = c/||c||, alpha = softmax(Y^T f).
     Writes the indices l with f_l != 0 (the support of P) to support[:ns] and returns ns: every term of
@@ -478,18 +523,16 @@ def _class_forward(P, zrow, Y, c, f, alpha, support):
     return ns
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath=_REORDER)
 def _row_dot_residual(y_row, target, alpha):
-    """sum_j y_j (e_j - alpha_j), the component g_l = (Y (e_n - alpha_n))_l of Theorem 1. Reassociation lets
-    the sum run in SIMD lanes instead of one dependent add per term (the rounding of a 34-term sum changes at
-    the 1e-16 level)."""
+    """sum_j y_j (e_j - alpha_j), the component g_l = (Y (e_n - alpha_n))_l of Theorem 1."""
     acc = 0.0
     for j in range(y_row.size):
         acc += y_row[j] * (target[j] - alpha[j])
     return acc
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_REORDER)
 def yz_flow_rhs(t, y, p, dy):
     """E_n[Lemma 1] with classes uniform: state y = [Y (M x M, row-major), Z query rows (n_q x M)]."""
     eta_Y = p[0]
@@ -497,6 +540,9 @@ def yz_flow_rhs(t, y, p, dy):
     M = int(p[2])
     K = int(p[3])
     off_P = 5 + 2 * K
+    # the average over the K classes, folded into the rates (both velocities are linear in them)
+    rate_Y = eta_Y / K
+    rate_Z = eta_Z / K
     Y = y[:M * M].reshape((M, M))
     Z = y[M * M:]
     dY = dy[:M * M].reshape((M, M))
@@ -519,12 +565,12 @@ def yz_flow_rhs(t, y, p, dy):
         for s in range(ns):  # off the support f_l = 0, and so are dY[l, :] and dz_l
             l = support[s]
             for j in range(M):
-                dY[l, j] += _decoder_velocity(eta_Y, f[l], target[j], alpha[j]) / K
+                dY[l, j] += _decoder_velocity(rate_Y, f[l], target[j], alpha[j])
             g[l] = _row_dot_residual(Y[l], target, alpha)
             f_dot_g += f[l] * g[l]
         for s in range(ns):
             l = support[s]
-            dZ[row * M + l] += _attention_velocity(eta_Z, f[l], g[l], f_dot_g) / K
+            dZ[row * M + l] += _attention_velocity(rate_Z, f[l], g[l], f_dot_g)
 
 
 def _flow_params(table: ClassTable, eta_Y, eta_Z, with_next_tokens: bool) -> np.ndarray:
