@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from theory.signal_prop import BlockParams
-from validate.batched_train import (StackedPhaseModels, TrainConfig, TrainPoints, _LayerNorm, build_models,
-                                   params_at, train_batched, train_sequential)
+from validate.batched_train import (StackedPhaseModels, TrainConfig, TrainPoints, _Block, _LayerNorm,
+                                   build_models, params_at, train_batched, train_sequential)
 from validate.phase_diagram import QUICK, PhaseDiagramConfig, main
 from validate.phase_task import HistogramTask
-from validate.transformer import layer_norm
+from validate.transformer import layer_norm, torch_activation
 from validate.sweep import SweepStore, run_sweep
 
 TASK = HistogramTask(n_tokens=8, vocab=4, noise=0.2)
@@ -74,6 +74,20 @@ def test_layer_norm_backward_is_the_derivative_of_layer_norm():
     x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     assert torch.equal(_LayerNorm.apply(x), layer_norm(x))   # the same expression, the same rounding
     assert torch.autograd.gradcheck(_LayerNorm.apply, (x,))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "erf"])
+def test_block_backward_is_the_derivative_of_the_block(activation):
+    # 2 models, 3 sequences of 4 tokens, width 5, d_ff 6: the hand-written backward against finite differences
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, dtype=torch.float64, generator=g)
+    weights = [torch.randn(2, *shape, dtype=torch.float64, generator=g) / 2 for shape in
+               ((5, 5), (5, 5), (5, 5), (5, 6), (6, 5))]
+    coefficients = [torch.tensor([a, b], dtype=torch.float64).view(2, 1, 1) for a, b in
+                    ((0.8, 0.6), (0.6, 0.8), (1.0, 0.3), (0.5, 1.0))]
+    inputs = [t.requires_grad_() for t in (x, *weights)]
+    block = lambda *tensors: _Block.apply(*tensors, *coefficients, torch_activation(activation), 4)
+    assert torch.autograd.gradcheck(block, inputs)
 
 
 def test_batched_training_reproduces_sequential_training():
