@@ -13,6 +13,9 @@ Rows: the batched speed-up (sequential time / batched time), and the batched FLO
 training step counted by torch.utils.flop_counter, times steps, over the batched wall time) as a fraction of
 the matmul rate. Both sides of each ratio run in the same run, on the same warm worker pool; on a shared
 machine the contention hits both (best of ``repeats``).
+
+``python -m benchmarks.bench_phase_diagram --profile`` prints where a model-step's time goes instead
+(profile_rows): README's table behind the speed-up.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 
 import torch
 
-from validate.batched_train import TrainPoints, training_step_flops
+from validate.batched_train import TrainPoints, params_at, train_batched, train_sequential, training_step_flops
 from validate.phase_diagram import PhaseDiagramConfig
 from validate.sweep import SweepStore, make_executor, run_sweep
 
@@ -105,10 +108,57 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+_MATMULS = {"aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::matmul"}
+
+
+def _profiled_step_ms(trainer, points: list, seeds: list, train) -> dict:
+    """Per model and training step, one process: unprofiled wall time, and a torch.profiler split of a
+    second, profiled run into matmul kernels, the optimizer, all other ATen ops, and the rest (Python,
+    autograd, dispatch: wall minus every op's self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    args = ([params_at(PhaseDiagramConfig().base, p) for p in points], seeds, train)
+    trainer(*args)                                   # first-call costs
+    model_steps = len(seeds) * train.steps
+    start = time.perf_counter()
+    trainer(*args)
+    wall = (time.perf_counter() - start) * 1e3 / model_steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        trainer(*args)
+        profiled_wall = (time.perf_counter() - start) * 1e3 / model_steps
+    events = prof.key_averages()   # times in microseconds
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / model_steps for e in events}
+    optimizer = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step")) / 1e3 / model_steps
+    matmuls = sum(v for k, v in self_ms.items() if k in _MATMULS)
+    ops = sum(v for k, v in self_ms.items() if k.startswith("aten::"))
+    return {"wall": wall, "profiled wall": profiled_wall, "matmuls": matmuls, "optimizer": optimizer,
+            "other ATen ops": ops - matmuls - optimizer, "Python, autograd, dispatch": profiled_wall - ops}
+
+
+def profile_rows(models: int = 12, steps: int = 20) -> list[dict]:
+    """README's table: where one model-step goes, sequential loop against the stacked module (one thread)."""
+    cfg = PhaseDiagramConfig()
+    train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, test_size=8, threads=1)
+    items = [(p, s) for p in cfg.train_points() for s in cfg.seeds][:models]
+    points, seeds = [p for p, _ in items], [s for _, s in items]
+    rows = [{"path": "sequential loop", **_profiled_step_ms(train_sequential, points, seeds, train)},
+            {"path": f"stacked, {models} models", **_profiled_step_ms(train_batched, points, seeds, train)}]
+    keys = ["matmuls", "other ATen ops", "optimizer", "Python, autograd, dispatch", "profiled wall", "wall"]
+    print("ms per model and training step (one process, one thread; profiled columns from a second run)")
+    print("| | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for row in rows:
+        print(f"| {row['path']} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
+    return rows
+
+
 def main(quick: bool = False) -> list[dict]:
     return run(quick)
 
 
 if __name__ == "__main__":
     import sys
-    main(quick="--quick" in sys.argv)
+    if "--profile" in sys.argv:
+        profile_rows()
+    else:
+        main(quick="--quick" in sys.argv)

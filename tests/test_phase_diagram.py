@@ -181,6 +181,16 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(args, message, capsys):
     assert message in err[-1] and err[-1].startswith("python -m validate.phase_diagram: error:")
 
 
+def test_readme_figure_is_written_by_the_default_experiment_only():
+    from validate.phase_diagram import parse_args
+    readme_figure = PhaseDiagramConfig.figure
+    assert parse_args([])[0].figure == readme_figure
+    assert parse_args(["--workers", "1", "--out", "/tmp/elsewhere", "--fresh"])[0].figure == readme_figure
+    for other_experiment in (["--steps", "10"], ["--x-field", "sigma_A"], ["--seeds", "3"], ["--quick"]):
+        assert parse_args(other_experiment)[0].figure is None, other_experiment
+    assert parse_args(["--steps", "10", "--figure", "mine.png"])[0].figure == "mine.png"
+
+
 def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -537,11 +537,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="SQLite sweep store (default OUT/phase_diagram.sqlite)")
     execution.add_argument("--fresh", action="store_true", help="discard stored rows of this sweep first")
     execution.add_argument("--figure", default=d.figure,
-                           help="also write the figure here ('none' to skip; default %(default)s)")
+                           help="also write the figure here ('none' to skip; default %(default)s, for the "
+                                "default experiment only)")
     execution.add_argument("--quick", action="store_true",
                            help="smoke preset: 3x3 grid, depth 4, width 32, 150 steps (under a minute on a quiet machine)")
     execution.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def same_experiment(a: PhaseDiagramConfig, b: PhaseDiagramConfig) -> bool:
+    """Whether a and b train the same models on the same plane: only how and where they run may differ."""
+    def experiment(c):
+        return dataclasses.replace(c, models_per_batch=1, workers=0, scheduler=None, device="cpu", out="",
+                                   store=None, figure=None, fresh=False,
+                                   train=dataclasses.replace(c.train, threads=1))
+    return experiment(a) == experiment(b)
 
 
 def parse_args(argv=None) -> tuple[PhaseDiagramConfig, bool]:
@@ -565,7 +575,10 @@ def parse_args(argv=None) -> tuple[PhaseDiagramConfig, bool]:
         base = BlockParams(n_tokens=args.n_tokens, residual=args.residual, activation=args.activation,
                            **_parse_base(args.base, parser))
         train = TrainConfig(task=task, **train_values)
-        return PhaseDiagramConfig(base=base, train=train, **values), args.quiet
+        cfg = PhaseDiagramConfig(base=base, train=train, **values)
+        if args.figure == PhaseDiagramConfig.figure and not same_experiment(cfg, PhaseDiagramConfig()):
+            cfg = dataclasses.replace(cfg, figure=None)   # README's figure is the default experiment's only
+        return cfg, args.quiet
     except ValueError as error:
         parser.error(str(error))
 
