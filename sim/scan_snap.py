@@ -159,8 +159,9 @@ DP_P = np.array([
 
 
 @numba.njit(cache=True)
-def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr):
-    """One Dormand-Prince step from (t, y) with k[0] = f(t, y) already set; fills k[1..6], ynew, yerr."""
+def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr, rtol, atol):
+    """One Dormand-Prince step from (t, y) with k[0] = f(t, y) already set; fills k[1..6], ynew, yerr and
+    returns the error norm: the RMS of yerr_i / (atol + rtol max(|y_i|, |ynew_i|))."""
     n = y.size
     k0, k1, k2, k3, k4, k5, k6 = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
     a = h * DP_A
@@ -184,8 +185,11 @@ def _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr):
     for i in range(n):  # A[6, 1] = 0; stage 7 is evaluated at the 5th-order solution (FSAL)
         ynew[i] = y[i] + a[6, 0] * k0[i] + a[6, 2] * k2[i] + a[6, 3] * k3[i] + a[6, 4] * k4[i] + a[6, 5] * k5[i]
     _rhs(system, t + DP_C[6] * h, ynew, p, k6)
+    err = 0.0
     for i in range(n):  # E[1] = 0
         yerr[i] = e[0] * k0[i] + e[2] * k2[i] + e[3] * k3[i] + e[4] * k4[i] + e[5] * k5[i] + e[6] * k6[i]
+        err += (yerr[i] / (atol + rtol * max(abs(y[i]), abs(ynew[i])))) ** 2
+    return np.sqrt(err / n)
 
 
 @numba.njit(cache=True)
@@ -246,22 +250,16 @@ def dopri5(system, t_eval, y0, p, rtol, atol, max_steps, dense, out, stats):
             break
         step = min(h, target - t)
         last = step < h
-        _dp_step(system, t, y, p, step, k, ytmp, ynew, yerr)
+        err = _dp_step(system, t, y, p, step, k, ytmp, ynew, yerr, rtol, atol)
         nfev += 6
-        err = 0.0
-        for i in range(n):
-            sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
-            err += (yerr[i] / sc) ** 2
-        err = np.sqrt(err / n)
         if err <= 1.0:
             t_new = target if last else t + step
             while dense and idx < t_eval.size - 1 and t_eval[idx] < t_new:
                 _dense_output(y, k, step, (t_eval[idx] - t) / step, out[idx])
                 idx += 1
             t = t_new
-            for i in range(n):
-                y[i] = ynew[i]
-                k[0, i] = k[6, i]  # FSAL
+            y, ynew = ynew, y  # the new point becomes the current one: swap the buffers, no copy
+            k[0, :] = k[6, :]  # FSAL
             if t == t_eval[idx]:
                 out[idx, :] = y
                 idx += 1
@@ -296,7 +294,7 @@ def dopri5_fixed(system, t0, t1, y0, p, n_steps, embedded, out):
     for s in range(n_steps):
         t = t0 + s * h
         _rhs(system, t, y, p, k[0])
-        _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr)
+        _dp_step(system, t, y, p, h, k, ytmp, ynew, yerr, 1.0, 1.0)
         for i in range(n):
             y[i] = ynew[i] - yerr[i] if embedded else ynew[i]
     out[:] = y

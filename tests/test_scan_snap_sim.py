@@ -75,7 +75,7 @@ def test_continuous_extension_local_order():
         exact = np.empty(n)
         ss.dopri5_fixed(system, 0.0, 0.4 * h, y0, p, 50, False, exact)
         ss.yz_flow_rhs(0.0, y0, p, k[0])
-        ss._dp_step(system, 0.0, y0, p, h, k, ytmp, ynew, yerr)
+        ss._dp_step(system, 0.0, y0, p, h, k, ytmp, ynew, yerr, 1.0, 1.0)
         ss._dense_output(y0, k, h, 0.4, out)
         errors.append(np.max(np.abs(out - exact)))
     slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
