@@ -677,14 +677,15 @@ def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
     c = np.empty(M)
     f = np.empty(M)
     alpha = np.empty(M)
+    target = np.empty(M)
     support = np.empty(M, dtype=np.int64)
     for k in range(K):
         _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha, support)
+        for j in range(M):
+            target[j] = 1.0 if j == next_tokens[k] else 0.0
         sq = 0.0
-        for l in range(M):
-            acc = 0.0
-            for j in range(M):
-                acc += Y[l, j] * ((1.0 if j == next_tokens[k] else 0.0) - alpha[j])
+        for l in range(M):  # every row: the norm of g_n, not only its support
+            acc = _row_dot_residual(Y[l], target, alpha)
             sq += acc * acc
         out[k] = np.sqrt(sq)
 

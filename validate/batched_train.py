@@ -92,6 +92,12 @@ class PhaseModel(nn.Module):
         return layer_norm(self.backbone(self.embed[tokens])) @ self.readout
 
 
+def _normalize_backward_(g: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """dL/dx = scale (g - y (g . y) / d) for y = LN(x), written over g (which the caller owns)."""
+    dot = torch.linalg.vecdot(g, y).unsqueeze(-1)
+    return g.addcmul_(y, dot, value=-1.0 / y.shape[-1]).mul_(scale)
+
+
 class _LayerNorm(torch.autograd.Function):
     """validate.transformer.layer_norm, LN(x) = sqrt(d) x / |x|, with a hand-written backward.
 
@@ -112,8 +118,7 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         y, scale = ctx.saved_tensors
-        dot = (g * y).sum(-1, keepdim=True)
-        return torch.addcmul(g, y, dot, value=-1.0 / y.shape[-1]).mul_(scale)
+        return _normalize_backward_(g.clone(), y, scale)   # autograd's g is not ours to overwrite
 
 
 def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,12 +127,6 @@ def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (LN(x), scale), what the backward needs."""
     scale = math.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True)
     return x * scale, scale
-
-
-def _normalize_backward_(g: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """dL/dx = scale (g - y (g . y) / d) for y = LN(x), written over g (which the caller owns)."""
-    dot = torch.linalg.vecdot(g, y).unsqueeze(-1)
-    return g.addcmul_(y, dot, value=-1.0 / y.shape[-1]).mul_(scale)
 
 
 def _activation_backward(phi, pre: torch.Tensor | None, act: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
