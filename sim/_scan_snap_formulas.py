@@ -3,12 +3,14 @@ import math
 
 import numba
 
-THEORY_SHA256 = "91cacee1b86f12970adfcf20f89bd8c1b202df08eac70f7760546fed32d5aa22"
+from sim import vector_exp
+
+SOURCE_SHA256 = "e7336c672df79f7d86cc8748425f4c594eb1d3e60f5ddcdae8bcbe3d25018589"
 
 
 @numba.njit(cache=True)
 def attention_score(P_l, z_l):
-    return P_l*math.exp(z_l)
+    return P_l*vector_exp.exp(z_l)
 
 
 @numba.njit(cache=True)
@@ -18,7 +20,7 @@ def decoder_input(c_l, c_norm):
 
 @numba.njit(cache=True)
 def decoder_prob_score(s_j, s_max):
-    return math.exp(s_j - s_max)
+    return vector_exp.exp(s_j - s_max)
 
 
 @numba.njit(cache=True)
@@ -33,13 +35,13 @@ def attention_velocity(eta_Z, f_l, g_l, f_dot_g):
 
 @numba.njit(cache=True)
 def decoder_rate(eta_Y, M, h):
-    return eta_Y/(M + math.exp(M*h) - 1)
+    return eta_Y/(M + vector_exp.exp(M*h) - 1)
 
 
 @numba.njit(cache=True)
 def speed_coefficient(M, h):
     _x0 = M - 1
-    return _x0**2*h/(_x0 + math.exp(M*h))
+    return _x0**2*h/(_x0 + vector_exp.exp(M*h))
 
 
 @numba.njit(cache=True)
@@ -55,12 +57,12 @@ def beta_first_order(f_dot_f_other):
 @numba.njit(cache=True)
 def decoder_residual(h, t, M, eta_Y):
     _x0 = M*h
-    return M**2*h - M*eta_Y*t - _x0 + math.exp(_x0) - 1
+    return M**2*h - M*eta_Y*t - _x0 + vector_exp.exp(_x0) - 1
 
 
 @numba.njit(cache=True)
 def decoder_residual_dh(h, t, M, eta_Y):
-    return M**2 + M*math.exp(M*h) - M
+    return M**2 + M*vector_exp.exp(M*h) - M
 
 
 @numba.njit(cache=True)
@@ -80,22 +82,22 @@ def B_of_Gamma(Gamma, C_0):
 
 @numba.njit(cache=True)
 def reduced_rhs_0(h, Gamma, z_c, B, eta_Y, eta_Z, M, K, C_0):
-    return eta_Y/(K*(M + math.exp(M*h) - 1))
+    return eta_Y/(K*(M + vector_exp.exp(M*h) - 1))
 
 
 @numba.njit(cache=True)
 def reduced_rhs_1(h, Gamma, z_c, B, eta_Y, eta_Z, M, K, C_0):
     _x0 = M - 1
-    return _x0**2*eta_Z*h/(_x0 + math.exp(M*h))
+    return _x0**2*eta_Z*h/(_x0 + vector_exp.exp(M*h))
 
 
 @numba.njit(cache=True)
 def reduced_rhs_2(h, Gamma, z_c, B, eta_Y, eta_Z, M, K, C_0):
     _x0 = M - 1
-    return -_x0**2*eta_Z*h*math.exp(4*z_c)/(C_0*(_x0 + math.exp(M*h)))
+    return -_x0**2*eta_Z*h*vector_exp.exp(4*z_c)/(C_0*(_x0 + vector_exp.exp(M*h)))
 
 
 @numba.njit(cache=True)
 def reduced_rhs_3(h, Gamma, z_c, B, eta_Y, eta_Z, M, K, C_0):
     _x0 = M - 1
-    return _x0**2*eta_Z*h*math.exp(4*z_c)/(C_0*(_x0 + math.exp(M*h)))
+    return _x0**2*eta_Z*h*vector_exp.exp(4*z_c)/(C_0*(_x0 + vector_exp.exp(M*h)))
