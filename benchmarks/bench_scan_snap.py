@@ -49,13 +49,10 @@ def _problems(n):
              lambda b: user_rhs.yz_flow_rhs(table, eY[b], eZ[b]))]
 
 
-def _best_of(repeats, fn):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def _rel_error(y, ref) -> float:
@@ -85,17 +82,20 @@ def _scipy_batch(rhs_of, y0, t_eval):
     return out, nfev
 
 
-def _equal_accuracy(system, t_eval, y0, params, ref, err_scipy, repeats):
-    """(time, rtol) of the loosest Numba tolerance on a ladder around RTOL whose error is <= scipy's at RTOL."""
+def _numba(system, t_eval, y0, params, rtol):
+    return ss.integrate(system, t_eval, y0, params, rtol, rtol * ATOL / RTOL, dense=True)
+
+
+def _equal_accuracy_rtol(system, t_eval, y0, params, ref, err_scipy) -> float:
+    """The loosest Numba tolerance on a ladder around RTOL whose error is <= scipy's at RTOL (errors are
+    deterministic, so this needs no timing)."""
     best = None
     for rtol in (1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4):
-        elapsed, trial = _best_of(5 * repeats, lambda: ss.integrate(system, t_eval, y0, params, rtol, rtol * ATOL / RTOL,
-                                                                     dense=True))
-        if _rel_error(trial.y, ref) > err_scipy:
+        if _rel_error(_numba(system, t_eval, y0, params, rtol).y, ref) > err_scipy:
             if best is not None:
                 break
             continue
-        best = (elapsed, rtol)
+        best = rtol
     if best is None:
         raise RuntimeError(f"{system}: no Numba tolerance down to 1e-8 is as accurate as solve_ivp")
     return best
@@ -103,23 +103,31 @@ def _equal_accuracy(system, t_eval, y0, params, ref, err_scipy, repeats):
 
 def run(quick: bool = False) -> list[dict]:
     n = 16 if quick else 64
-    # best of 5 for scipy, of 25 for the 2-30 ms Numba runs: on this shared virtual machine single runs of a
-    # few ms scatter by up to 50%, the minimum is the least disturbed
+    # On this shared virtual machine the speed of memory-bound work drifts by 20-50% over seconds to minutes.
+    # So the two sides are timed in alternation, `repeats` rounds of one solve_ivp batch against five Numba
+    # runs at each tolerance, and each side keeps its minimum (the least disturbed): a drift then slows
+    # both sides' rounds alike instead of whichever side happened to run during it.
     repeats = 1 if quick else 5
     rows = []
     for name, system, rhs, params, y0, t_eval, numpy_rhs_of in _problems(n):
-        ss.integrate(system, t_eval, y0[:1], params[:1], RTOL, ATOL, dense=True)  # compile (or load the cache) first
+        _numba(system, t_eval, y0[:1], params[:1], RTOL)  # compile (or load the cache) first
         ref = ss.integrate(system, t_eval, y0, params, 1e-12, 1e-14).y
-        t_numba, mine = _best_of(5 * repeats, lambda: ss.integrate(system, t_eval, y0, params, RTOL, ATOL, dense=True))
+        mine = _numba(system, t_eval, y0, params, RTOL)
         err_n = _rel_error(mine.y, ref)
         rhs(0.0, y0[0].copy(), params[0], np.empty_like(y0[0]))  # warm the Python-side dispatch too
         numpy_rhs_of(0)(0.0, y0[0])                                # and the lambdified formulas
         baselines = [("same compiled rhs", lambda b: _compiled(rhs, params[b])),
                      ("theory lambdified to NumPy", numpy_rhs_of)]
         for label, rhs_of in baselines:
-            t_scipy, (theirs, nfev) = _best_of(repeats, lambda: _scipy_batch(rhs_of, y0, t_eval))
+            theirs, nfev = _scipy_batch(rhs_of, y0, t_eval)
             err_s = _rel_error(theirs, ref)
-            t_equal, rtol_equal = _equal_accuracy(system, t_eval, y0, params, ref, err_s, repeats)
+            rtol_equal = _equal_accuracy_rtol(system, t_eval, y0, params, ref, err_s)
+            t_scipy = t_numba = t_equal = float("inf")
+            for _ in range(repeats):
+                t_scipy = min(t_scipy, _seconds(lambda: _scipy_batch(rhs_of, y0, t_eval)))
+                for _ in range(5):
+                    t_numba = min(t_numba, _seconds(lambda: _numba(system, t_eval, y0, params, RTOL)))
+                    t_equal = min(t_equal, _seconds(lambda: _numba(system, t_eval, y0, params, rtol_equal)))
             rows.append({"name": f"scan_snap: {name}, {n} settings, equal accuracy",
                          "baseline": f"solve_ivp RK45 rtol={RTOL:g}, {label}",
                          "ratio": t_scipy / t_equal,
