@@ -442,7 +442,7 @@ def speed_coefficient(t, M, K, eta_Y) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Long-sequence attention (Lemma 2 / Eqn. 5) on a class table
 # ---------------------------------------------------------------------------------------------------------
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _class_attention(P, zrow, c):
     """c_l = P_l e^{z_l} / sum (Eqn. 5) over the support of P; returns ||c||. Shifted by max z (invariant)."""
     zmax = -np.inf
@@ -505,9 +505,12 @@ def attention_from_logits(table: ClassTable, Z_rows) -> np.ndarray:
 # (b) The exact long-sequence gradient flow of the Y/Z model (Lemma 1 with Eqn. 5)
 # ---------------------------------------------------------------------------------------------------------
 # parameter layout: [eta_Y, eta_Z, M, K, n_queries, query_row[K], next_token[K], P[K*M]]
+# The helpers below (and _class_attention) are inlined into their callers by Numba itself (inline="always"),
+# so they take the caller's fastmath flags. Left to LLVM, each call passing arrays cost 10-20% of the flow's
+# integration time (one-off A/B timings, 64 settings).
 
 
-@numba.njit(cache=True, fastmath=_REORDER)
+@numba.njit(cache=True, fastmath=_REORDER, inline="always")
 def _class_forward(P, zrow, Y, c, f, alpha, support):
     """Long-sequence forward pass of one class: c (Eqn. 5), f = c/||c||, alpha = softmax(Y^T f).
     Writes the indices l with f_l != 0 (the support of P) to support[:ns] and returns ns: every term of
@@ -537,12 +540,15 @@ def _class_forward(P, zrow, Y, c, f, alpha, support):
     return ns
 
 
-@numba.njit(cache=True, fastmath=_REORDER)
-def _row_dot_residual(y_row, target, alpha):
-    """sum_j y_j (e_j - alpha_j), the component g_l = (Y (e_n - alpha_n))_l of Theorem 1."""
+@numba.njit(cache=True, fastmath=_REORDER, inline="always")
+def _decoder_row(Y, l, target, alpha, rate_Y, f_l, dY):
+    """One pass over row l of Y: adds the decoder velocity of Lemma 1 (rate_Y, f_l) to dY[l] and returns
+    sum_j Y_lj (e_j - alpha_j), the component g_l = (Y (e_n - alpha_n))_l of Theorem 1. One pass, not two:
+    the loops are short (M), and fusing them took about 10% off the flow's integration (one-off A/B)."""
     acc = 0.0
-    for j in range(y_row.size):
-        acc += y_row[j] * (target[j] - alpha[j])
+    for j in range(Y.shape[1]):
+        dY[l, j] += _decoder_velocity(rate_Y, f_l, target[j], alpha[j])
+        acc += Y[l, j] * (target[j] - alpha[j])
     return acc
 
 
@@ -578,9 +584,7 @@ def yz_flow_rhs(t, y, p, dy):
         f_dot_g = 0.0
         for s in range(ns):  # off the support f_l = 0, and so are dY[l, :] and dz_l
             l = support[s]
-            for j in range(M):
-                dY[l, j] += _decoder_velocity(rate_Y, f[l], target[j], alpha[j])
-            g[l] = _row_dot_residual(Y[l], target, alpha)
+            g[l] = _decoder_row(Y, l, target, alpha, rate_Y, f[l], dY)
             f_dot_g += f[l] * g[l]
         for s in range(ns):
             l = support[s]
@@ -694,6 +698,7 @@ def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
     f = np.empty(M)
     alpha = np.empty(M)
     target = np.empty(M)
+    scratch = np.zeros((M, M))
     support = np.empty(M, dtype=np.int64)
     for k in range(K):
         _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha, support)
@@ -701,7 +706,7 @@ def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
             target[j] = 1.0 if j == next_tokens[k] else 0.0
         sq = 0.0
         for l in range(M):  # every row: the norm of g_n, not only its support
-            acc = _row_dot_residual(Y[l], target, alpha)
+            acc = _decoder_row(Y, l, target, alpha, 0.0, 0.0, scratch)  # rate 0: only g_l is wanted
             sq += acc * acc
         out[k] = np.sqrt(sq)
 
