@@ -31,7 +31,6 @@ LOG2_E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits: k * LN2_HI is exact
 LN2_LO = 1.90821492927058770002e-10  # ln 2 - LN2_HI
 TAYLOR = tuple(1.0 / math.factorial(m) for m in range(14))  # 1/m!, m = 0..13
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = TAYLOR
 OVERFLOW = 709.79     # exp(x) > DBL_MAX above this (log(DBL_MAX) = 709.7827)
 UNDERFLOW = -745.2    # exp(x) < 2^-1075, which rounds to 0, below this (log(2^-1075) = -745.13)
 
@@ -56,20 +55,9 @@ def exp(x):
     xc = min(max(x, -746.0), 710.0)  # keeps k in int64-safe range; the true result is fixed below
     k = math.floor(xc * LOG2_E + 0.5)
     r = (xc - k * LN2_HI) - k * LN2_LO
-    p = _C13
-    p = p * r + _C12
-    p = p * r + _C11
-    p = p * r + _C10
-    p = p * r + _C9
-    p = p * r + _C8
-    p = p * r + _C7
-    p = p * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + _C1
-    p = p * r + _C0
+    p = TAYLOR[13]
+    for m in range(12, -1, -1):  # Horner; a constant trip count over a constant tuple, which LLVM unrolls
+        p = p * r + TAYLOR[m]
     ki = np.int64(k)
     half = ki >> 1  # 2^k in two factors, each a normal number, so subnormal results come out right
     result = p * _float64_from_bits((half + 1023) << 52) * _float64_from_bits((ki - half + 1023) << 52)
