@@ -130,7 +130,10 @@ _decoder_residual_dh = _F.decoder_residual_dh
 _Gamma_of_h = _F.Gamma_of_h
 _z_common_of_Gamma = _F.z_common_of_Gamma
 _B_of_Gamma = _F.B_of_Gamma
-_reduced_rhs = (_F.reduced_rhs_0, _F.reduced_rhs_1, _F.reduced_rhs_2, _F.reduced_rhs_3)
+# one name per component: a tuple of compiled functions would make Numba call them through pointers (its
+# experimental first-class function type, which warns at compile time), and LLVM cannot inline those
+_reduced_rhs_0, _reduced_rhs_1 = _F.reduced_rhs_0, _F.reduced_rhs_1
+_reduced_rhs_2, _reduced_rhs_3 = _F.reduced_rhs_2, _F.reduced_rhs_3
 
 
 def compiled_formulas() -> dict:
@@ -376,10 +379,10 @@ def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=
 @numba.njit(cache=True)
 def reduced_rhs(t, y, p, dy):
     """(h(t/K), Gamma, z_common, B_n)' with p = (eta_Y, eta_Z, M, K, C_0); formulas from theory.reduced_rhs."""
-    dy[0] = _reduced_rhs[0](y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
-    dy[1] = _reduced_rhs[1](y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
-    dy[2] = _reduced_rhs[2](y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
-    dy[3] = _reduced_rhs[3](y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
+    dy[0] = _reduced_rhs_0(y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
+    dy[1] = _reduced_rhs_1(y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
+    dy[2] = _reduced_rhs_2(y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
+    dy[3] = _reduced_rhs_3(y[0], y[1], y[2], y[3], p[0], p[1], p[2], p[3], p[4])
 
 
 def reduced_params(eta_Y, eta_Z, M, K, C0=1.0) -> np.ndarray:
