@@ -48,7 +48,8 @@ def _float64_from_bits(typingctx, bits):
 
 # fastmath "contract" only (fused multiply-adds make the reduction more accurate). No "reassoc": it would
 # let LLVM merge the two-part subtraction (x - k LN2_HI) - k LN2_LO into x - k ln 2 and lose its precision.
-# The caller's own flags do not reach these instructions when LLVM inlines them.
+# The caller's own flags do not reach these instructions when LLVM inlines them; Numba's inline="always"
+# would apply them, so this function must not use it.
 @numba.njit(cache=True, fastmath={"contract"})
 def exp(x):
     """e^x for a float64, within 1 ulp of libm; vectorizable inside a Numba loop (see the module docstring)."""
