@@ -15,11 +15,10 @@ def _exp_all(x, out):
         out[i] = vector_exp.exp(x[i])
 
 
-def _ulps(x):
+def _vector_and_libm(x):
     out = np.empty_like(x)
     _exp_all(x, out)
-    ref = np.array([math.exp(v) for v in x])
-    return np.abs(out - ref) / np.spacing(ref), out, ref
+    return out, np.array([math.exp(v) for v in x])
 
 
 def test_within_one_ulp_of_libm_over_the_normal_range():
@@ -28,16 +27,14 @@ def test_within_one_ulp_of_libm_over_the_normal_range():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-708.3, 709.7, 10**6), rng.uniform(-40.0, 40.0, 10**6),
                         rng.uniform(-1e-3, 1e-3, 10**4), np.arange(-700.0, 700.0, 0.5 * math.log(2))])
-    ulps, _, _ = _ulps(x)
+    out, ref = _vector_and_libm(x)
+    ulps = np.abs(out - ref) / np.spacing(ref)
     assert ulps.max() <= 1.0
     assert ulps.mean() < 0.1
 
 
 def test_subnormal_results_and_limits():
-    x = np.array([-708.4, -720.0, -740.0, -745.0, -745.13])  # results below DBL_MIN = 2.2e-308
-    out = np.empty_like(x)
-    _exp_all(x, out)
-    ref = np.array([math.exp(v) for v in x])
+    out, ref = _vector_and_libm(np.array([-708.4, -720.0, -740.0, -745.0, -745.13]))  # results < DBL_MIN
     assert np.all(out > 0)
     assert np.max(np.abs(out - ref)) <= 5e-324  # one subnormal step
 
