@@ -1,16 +1,16 @@
 """SGD commutators: the SymPy expansion (theory.commutator), the measured commutator and its HVP form, the
-alignment baselines (validate.commutator); reference sections 2.7, 2.8, 5.4-5.6."""
+alignment baselines (validate._execution_manifold.commutator); Xu 2026, section 3.3.2."""
 import math
 import os
 
 import numpy as np
 import pytest
-import sympy as sp
 import torch
 
 from theory import commutator as theory
-from validate import commutator as comm
-from validate.modular import MarkerTransformer, ModelConfig, TaskConfig, cross_entropy_and_accuracy, sample_batch
+from validate._execution_manifold import commutator as comm
+from validate._execution_manifold.modular import (MarkerTransformer, ModelConfig, TaskConfig, cross_entropy_and_accuracy,
+                                                  sample_batch)
 
 torch.set_num_threads(1)
 
@@ -43,7 +43,7 @@ def test_random_subspace_expectations_against_known_values():
     e = comm.random_subspace_expectations(2, 10)
     assert e["norm_mean"] == pytest.approx(128 / 315, rel=1e-12)
     e = comm.random_subspace_expectations(60, 1_026_184)
-    assert e["paper"] == pytest.approx(0.00765, abs=1e-5)  # sqrt(60 / 1,026,184), the reference's number
+    assert e["paper"] == pytest.approx(0.00765, abs=1e-5)  # sqrt(60 / 1,026,184): the paper's dashed line
     assert e["norm_mean"] == pytest.approx(e["paper"], rel=0.01)
 
 
@@ -200,12 +200,12 @@ def test_paper_qr_baseline_matches_its_expectation_and_the_beta_law():
     qr = comm.random_subspace_rho_qr(delta, K, 100, rng)
     beta = comm.random_subspace_rho_draws(K, P, 20000, rng)
     expected = comm.random_subspace_expectations(K, P)["norm_mean"]
-    assert qr.mean() == pytest.approx(expected, rel=0.1)  # reference section 5.5: within 10%
+    assert qr.mean() == pytest.approx(expected, rel=0.1)  # the analytic mean, within 10% of it (100 draws)
     assert abs(qr.mean() - beta.mean()) < 3 * qr.std(ddof=1) / np.sqrt(qr.size)
 
 
 def test_block_matched_expectation_is_k_over_n_for_a_delta_inside_one_block():
-    """delta random inside block b only, B covering k of its n_b directions: E[rho^2] = k / n_b (reference 5.5)."""
+    """delta random inside block b only, B covering k of its n_b directions: E[rho^2] = k / n_b."""
     rng = np.random.default_rng(3)
     basis, _ = _toy_basis(rng)
     s, d = basis.slices[1], basis.directions[1]
@@ -246,7 +246,7 @@ def test_basis_kinds_and_r90_components():
 
 
 def test_perpendicular_fractions():
-    f = comm.perpendicular_fractions(0.128)  # the paper's worst point (reference section 5.6)
+    f = comm.perpendicular_fractions(0.128)  # the paper's worst point: its 1 - rho dips to 0.872
     assert f["perp_complement_frac"] == pytest.approx(0.872)
     assert f["perp_norm_frac"] == pytest.approx(math.sqrt(1 - 0.128 ** 2))
     assert f["perp_energy_frac"] == pytest.approx(1 - 0.128 ** 2)
@@ -262,29 +262,33 @@ def test_block_slices_of_the_marker_transformer():
         comm.block_slices(model, {"not a view": torch.zeros(3)})
 
 
-# ---------------------------------------------------------------- part-two command --------------------------
+# ---------------------------------------------------------------- part two, end to end --------------------
 
 def test_run_part_two_smoke(tmp_path):
-    """End to end on a tiny run: rows in the claims-table format, the three bases, both figures."""
-    from validate.execution_manifold_ii import PartTwoConfig, run_part_two
-    config = PartTwoConfig(steps=60, snapshot_every=6, n_layers=2, d_model=16, n_heads=2, batch_size=32,
-                           commutator_samples=2, sae_steps=30, sae_examples=256, sae_d=16, sae_k=4,
+    """End to end on a tiny run: verdict rows, the three bases, both figures, the same numbers again."""
+    from validate._execution_manifold.claims import part_two_claims
+    from validate._execution_manifold.figures import part_two_figures
+    from validate._execution_manifold.part_two import PartTwoConfig, run_part_two
+    from validate._execution_manifold.trajectory import RunConfig
+    run = RunConfig(steps=60, snapshot_every=6, n_layers=2, d_model=16, n_heads=2, batch_size=32, mlp="unused")
+    config = PartTwoConfig(run=run, commutator_samples=2, sae_steps=30, sae_examples=256, sae_d=16, sae_k=4,
                            ablation_sizes=(1, 2), random_ablation_draws=1, n_random=3)
-    result = run_part_two(config, str(tmp_path))
-    assert {r["verdict"] for r in result.rows} <= {"PASS", "FAIL", "n/a"}
-    assert {"claim", "figure", "quantity", "prediction", "measurement", "tolerance"} <= set(result.rows[0])
-    c = result.metrics["commutators"]
+    metrics = run_part_two(config)
+    rows = part_two_claims(config, metrics)
+    assert {r.verdict for r in rows} <= {"PASS", "FAIL", "INFO"} and {r.measure for r in rows} == {"paper", "null"}
+    c = metrics["commutators"]
     assert c["accumulated"]["P"] > c["accumulated"]["P_support"]  # the unused MLPs dilute the paper's P
     assert len(c["final"]["ratio_energy_block"]) == len(c["accumulated"]["ratio_paper"]["steps"])
-    assert len(result.metrics["sae"]) == 3
-    assert all(os.path.exists(p) for p in result.figures) and len(result.figures) == 2
-    again = run_part_two(config, str(tmp_path), figures=False)
-    assert again.metrics["commutators"]["defect"] == c["defect"]  # same seed, same numbers
+    assert len(metrics["sae"]) == 3
+    figures = part_two_figures(config, metrics, str(tmp_path))
+    assert all(os.path.exists(p) for p in figures) and len(figures) == 2
+    again = run_part_two(config)
+    assert again["commutators"]["defect"] == c["defect"]  # same seed, same numbers
 
 
-def test_part_two_cli_rejects_bad_input(capsys):
-    from validate.execution_manifold_ii import main
+def test_part_two_alone_rejects_too_few_snapshots(capsys):
+    from validate.execution_manifold import main
     with pytest.raises(SystemExit) as exit_info:
-        main(["--steps", "5", "--snapshot-every", "5"])
+        main(["--part", "two", "--steps", "400", "--snapshot-every", "50", "--window", "4"])
     assert exit_info.value.code == 2
-    assert "snapshots" in capsys.readouterr().err
+    assert "part two:" in capsys.readouterr().err

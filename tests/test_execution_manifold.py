@@ -1,4 +1,5 @@
 """Tests of the marker task, the model, trajectory recording and the execution-manifold command."""
+import dataclasses
 import json
 import os
 
@@ -7,9 +8,12 @@ import pytest
 import torch
 
 from validate import execution_manifold as em
-from validate.modular import (MarkerTransformer, ModelConfig, TaskConfig, cross_entropy_and_accuracy, probe_sets,
-                              sample_batch)
-from validate.trajectory import TrainConfig, TrajectoryRecorder, train_with_snapshots
+from validate._common import cli
+from validate._execution_manifold import part_one, part_two
+from validate._execution_manifold.modular import MarkerTransformer, ModelConfig, TaskConfig, probe_sets, sample_batch
+from validate._execution_manifold.part_one import PartOneConfig
+from validate._execution_manifold.part_two import PartTwoConfig
+from validate._execution_manifold.trajectory import RunConfig, TrainConfig, TrajectoryRecorder, train_with_snapshots
 
 torch.set_num_threads(1)
 
@@ -57,8 +61,9 @@ def test_schedules():
 
 # ---------------------------------------------------------------- model -----------------------------------
 
-def test_parameter_counts_match_the_reference():
-    # reference section 2.2: P = 367,624 without the unused MLPs and 1,026,184 with them (code's model)
+def test_parameter_counts_match_the_released_code():
+    # P of the released code's BubbleTransformer (5 layers, d = 128): 1,026,184 with its never-called MLPs,
+    # 367,624 without them
     config = ModelConfig.for_task(TaskConfig())
     count = lambda c: sum(p.numel() for p in MarkerTransformer(c).parameters())
     assert count(config) == 367_624
@@ -89,7 +94,7 @@ def test_attention_blocks_are_the_qkv_split_and_attention_is_causal():
 # ---------------------------------------------------------------- trajectory ------------------------------
 
 def test_snapshots_are_copies_on_cpu():
-    # the released code's W.detach().cpu() returns the live parameter on CPU (reference section 3, item 11)
+    # the released code's W.detach().cpu() returns the live parameter on CPU: its snapshots are not copies
     weight = torch.nn.Parameter(torch.zeros(3))
     assert weight.detach().cpu().data_ptr() == weight.data_ptr()
     task = TaskConfig(batch_size=16)
@@ -136,17 +141,44 @@ def test_training_is_seeded_and_both_optimizers_learn_something():
     (lambda: ModelConfig(mlp="maybe"), "mlp"),
     (lambda: TrainConfig(optimizer="adam"), "optimizer"),
     (lambda: TrainConfig(steps=10, snapshot_every=20), "snapshot_every"),
-    (lambda: em.ExperimentConfig(steps=100, snapshot_every=50), "snapshots"),
-    (lambda: em.ExperimentConfig(seeds=(1, 1)), "seeds"),
-    (lambda: em.ExperimentConfig(markers=(1, 9)), "markers"),
+    (lambda: RunConfig(markers=(1, 9)), "markers"),
+    (lambda: RunConfig(optimizer="adam"), "optimizer"),
+    (lambda: RunConfig(threads=0), "threads"),
+    (lambda: PartOneConfig(run=RunConfig(steps=100, snapshot_every=50)), "snapshots"),
+    (lambda: PartOneConfig(seeds=(1, 1)), "seeds"),
+    (lambda: PartTwoConfig(run=RunConfig(steps=400, snapshot_every=50)), "snapshots"),
+    (lambda: PartTwoConfig(sae_k=999), "sae_k"),
 ])
 def test_bad_configuration_raises_value_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
 
 
-@pytest.mark.parametrize("argv", [["--markers", "1,9"], ["--optimizer", "adam"], ["--steps", "10"],
-                                  ["--markers", "a,b"], ["--window", "1"]])
+def test_run_config_takes_the_learning_rate_and_decay_of_its_optimizer():
+    assert (RunConfig().lr, RunConfig().weight_decay) == (3e-4, 0.01)  # the released code's AdamW
+    assert (RunConfig(optimizer="sgd").lr, RunConfig(optimizer="sgd").weight_decay) == (1e-3, 0.0)  # paper text
+    assert RunConfig(optimizer="sgd", lr=0.1).lr == 0.1
+
+
+def test_part_two_trains_the_first_seed_of_part_one_with_the_codes_unused_mlps():
+    one = PartOneConfig(run=RunConfig(steps=600, snapshot_every=50, n_layers=2), seeds=(3, 4), window=6)
+    two = PartTwoConfig.from_part_one(one, sae_d=64)
+    assert two.seed == 3 and two.window == 6 and two.sae_d == 64
+    assert two.run == RunConfig(steps=600, snapshot_every=50, n_layers=2, mlp="unused")
+    assert PartTwoConfig.from_part_one(one, mlp="none").run == one.run
+
+
+def test_store_names_are_those_of_the_stores_written_before_the_configs_were_nested():
+    """The --quick configurations name their sweeps as before (fingerprints read from a store of the earlier
+    layout), so existing stores resume instead of training again."""
+    one, two = em.build_configs(cli.parse(em.build_parser(), ["--quick"], quick=em.QUICK))
+    assert one.fingerprint() == "6a5e2bbd3dce6d18"
+    assert two.fingerprint() == "9974f448846be2ea"
+    assert PartOneConfig(run=RunConfig(device="cpu", threads=4)).fingerprint() == PartOneConfig().fingerprint()
+
+
+@pytest.mark.parametrize("argv", [["--markers", "1", "9"], ["--optimizer", "adam"], ["--steps", "10"],
+                                  ["--markers", "a", "b"], ["--markers", "1,2"], ["--window", "1"]])
 def test_cli_bad_input_exits_2_with_one_line(argv, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         em.main(argv + ["--out", str(tmp_path)])
@@ -156,55 +188,10 @@ def test_cli_bad_input_exits_2_with_one_line(argv, capsys, tmp_path):
 
 # ---------------------------------------------------------------- the command, end to end -----------------
 
-TINY = ["--part", "one", "--steps", "60", "--snapshot-every", "10", "--seeds", "0", "1", "--layers", "1",
-        "--d-model", "16", "--heads", "2", "--batch-size", "32", "--null-draws", "20", "--window", "4",
-        "--sweep-max-markers", "2", "--sweep-moduli", "", "--difficulty-seeds", "1", "--lr", "3e-3", "--quiet"]
-
-
-def test_command_writes_claims_json_and_figures_and_resumes(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert em.main(TINY + ["--out", out]) == 0
-    printed = capsys.readouterr().out
-    assert "verdict" in printed and "C1 dimension 3-4" in printed
-    with open(os.path.join(out, "execution_manifold.json")) as f:
-        record = json.load(f)
-    claims = {row["claim"] for row in record["claims"]}
-    for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
-        rows = [r for r in record["claims"] if r["claim"].startswith(claim)]
-        assert len(rows) >= 2, claim  # the paper-faithful figure and the null-corrected one
-        assert all(r["verdict"] in ("PASS", "FAIL") for r in rows)
-    assert "C2 robust across m and C" in claims
-    assert record["config"]["seeds"] == [0, 1]
-    for name in record["figures"]:
-        assert os.path.getsize(os.path.join(out, name)) > 10_000
-    # a rerun reads every (setting, seed) from the SQLite store and reproduces the same numbers
-    assert em.main(TINY + ["--out", out]) == 0
-    with open(os.path.join(out, "execution_manifold.json")) as f:
-        again = json.load(f)
-    assert again["claims"] == record["claims"]
-    assert again["timings"]["train_seconds_per_run"] == record["timings"]["train_seconds_per_run"]
-    # a fresh run in another directory recomputes them identically (same command + seed = same numbers)
-    other = str(tmp_path / "other")
-    assert em.main(TINY + ["--out", other]) == 0
-    with open(os.path.join(other, "execution_manifold.json")) as f:
-        fresh = json.load(f)
-    assert fresh["claims"] == record["claims"]
-    assert fresh["metrics"]["r90_mean_per_block"] == record["metrics"]["r90_mean_per_block"]
-
-
-# ---------------------------------------------------------------- both parts, one command -----------------
-
-# part two needs >= 10 snapshots (min_basis_snapshots + 5); one seed, no difficulty sweep: part one is one run
-TINY_BOTH = ["--steps", "60", "--snapshot-every", "6", "--seeds", "0", "--layers", "2", "--d-model", "16",
-             "--heads", "2", "--batch-size", "32", "--null-draws", "20", "--window", "4", "--difficulty-seeds", "0",
-             "--lr", "3e-3", "--commutator-samples", "2", "--sae-steps", "30", "--sae-examples", "256",
-             "--sae-d", "16", "--sae-k", "4", "--ablation-sizes", "1,2", "--quiet"]
-PART_ONE_CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6")
-PART_TWO_CLAIMS = ("C7", "C8", "C9", "C10", "C11", "C12")
-
-
-def _claim_ids(record) -> set:
-    return {row["claim"].split()[0] for row in record["claims"]}
+TINY = ["--part", "one", "--steps", "60", "--snapshot-every", "10", "--seeds", "0", "1", "--n-layers", "1",
+        "--d-model", "16", "--n-heads", "2", "--batch-size", "32", "--null-draws", "20", "--window", "4",
+        "--sweep-max-markers", "2", "--sweep-moduli", "--difficulty-seeds", "1", "--lr", "3e-3", "--quiet"]
+VERDICT_KEYS = {"claim", "measure", "quantity", "prediction", "measurement", "tolerance", "verdict"}
 
 
 def _read(path):
@@ -212,11 +199,55 @@ def _read(path):
         return json.load(f)
 
 
+def test_command_writes_verdicts_json_and_figures_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert em.main(TINY + ["--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "verdict" in printed and "C1 dimension 3-4" in printed
+    record = _read(os.path.join(out, "execution_manifold.json"))
+    assert record["command"] == "execution_manifold" and record["parts"] == ["one"]
+    claims = {row["claim"] for row in record["verdicts"]}
+    for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
+        rows = [r for r in record["verdicts"] if r["claim"].startswith(claim)]
+        assert {r["measure"] for r in rows} == {"paper", "null"}, claim  # the paper's measure and the corrected one
+        assert all(r["verdict"] in ("PASS", "FAIL") for r in rows)
+    assert "C2 robust across m and C" in claims
+    assert record["config"]["part_one"]["seeds"] == [0, 1] and record["config"]["part_one"]["run"]["n_layers"] == 1
+    assert record["all_pass"] == all(r["verdict"] != "FAIL" for r in record["verdicts"])
+    for name in record["figures"]:
+        assert os.path.getsize(os.path.join(out, name)) > 10_000
+    # a rerun reads every (setting, seed) from the SQLite store and reproduces the same numbers
+    assert em.main(TINY + ["--out", out]) == 0
+    again = _read(os.path.join(out, "execution_manifold.json"))
+    assert again["verdicts"] == record["verdicts"]
+    assert again["timings_s"]["train_per_run"] == record["timings_s"]["train_per_run"]
+    # a fresh run in another directory recomputes them identically (same command + seed = same numbers)
+    other = str(tmp_path / "other")
+    assert em.main(TINY + ["--out", other]) == 0
+    fresh = _read(os.path.join(other, "execution_manifold.json"))
+    assert fresh["verdicts"] == record["verdicts"]
+    assert fresh["metrics"]["part_one"]["r90_mean_per_block"] == record["metrics"]["part_one"]["r90_mean_per_block"]
+
+
+# ---------------------------------------------------------------- both parts, one command -----------------
+
+# part two needs >= 10 snapshots (min_basis_snapshots + 5); one seed, no difficulty sweep: part one is one run
+TINY_BOTH = ["--steps", "60", "--snapshot-every", "6", "--seeds", "0", "--n-layers", "2", "--d-model", "16",
+             "--n-heads", "2", "--batch-size", "32", "--null-draws", "20", "--window", "4", "--difficulty-seeds", "0",
+             "--lr", "3e-3", "--commutator-samples", "2", "--sae-steps", "30", "--sae-examples", "256",
+             "--sae-d", "16", "--sae-k", "4", "--ablation-sizes", "1", "2", "--quiet"]
+PART_ONE_CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6")
+PART_TWO_CLAIMS = ("C7", "C8", "C9", "C10", "C11", "C12")
+
+
+def _claim_ids(record) -> set:
+    return {row["claim"].split()[0] for row in record["verdicts"]}
+
+
 def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsys, monkeypatch):
-    from validate import execution_manifold_ii as em2
     out = str(tmp_path / "run")
     computed = {"one": 0, "two": 0}
-    run_one, run_two = em.SeedRun.run_one, em2.run_part_two
+    run_one, run_two = part_one.SeedRun.run_one, part_two.run_part_two
 
     def counting_run_one(self, *args):
         computed["one"] += 1
@@ -226,8 +257,8 @@ def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsy
         computed["two"] += 1
         return run_two(*args, **kwargs)
 
-    monkeypatch.setattr(em.SeedRun, "run_one", counting_run_one)
-    monkeypatch.setattr(em2, "run_part_two", counting_run_two)
+    monkeypatch.setattr(part_one.SeedRun, "run_one", counting_run_one)
+    monkeypatch.setattr(part_two, "run_part_two", counting_run_two)
     assert em.main(TINY_BOTH + ["--out", out]) == 0
     printed = capsys.readouterr().out
     assert printed.count("verdict") == 1 and "C1 dimension" in printed and "C7 commutator" in printed  # ONE table
@@ -235,12 +266,13 @@ def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsy
     assert computed == {"one": 1, "two": 1}
     assert record["parts"] == ["one", "two"]
     assert _claim_ids(record) == set(PART_ONE_CLAIMS + PART_TWO_CLAIMS)
-    assert all(set(row) == {"claim", "figure", "quantity", "prediction", "measurement", "tolerance", "verdict"}
-               for row in record["claims"])
-    assert record["config"]["seeds"] == [0] and record["config_part_two"]["seed"] == 0
-    assert record["config_part_two"]["mlp"] == "unused"  # the code's P for the whole-vector baseline
-    assert record["config_part_two"]["sae_d"] == 16 and record["config_part_two"]["n_layers"] == 2
-    assert "r90_mean_per_block" in record["metrics"] and "commutators" in record["metrics_part_two"]
+    assert all(set(row) == VERDICT_KEYS for row in record["verdicts"])
+    assert {row["verdict"] for row in record["verdicts"]} <= {"PASS", "FAIL", "INFO"}
+    config = record["config"]
+    assert config["part_one"]["seeds"] == [0] and config["part_two"]["seed"] == 0
+    assert config["part_two"]["run"]["mlp"] == "unused"  # the code's P for the whole-vector baseline
+    assert config["part_two"]["sae_d"] == 16 and config["part_two"]["run"]["n_layers"] == 2
+    assert "r90_mean_per_block" in record["metrics"]["part_one"] and "commutators" in record["metrics"]["part_two"]
     assert len(record["figures"]) == 5 and "execution_manifold_sae.png" in record["figures"]
     for name in record["figures"]:
         assert os.path.getsize(os.path.join(out, name)) > 10_000
@@ -249,59 +281,57 @@ def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsy
     assert em.main(TINY_BOTH + ["--out", out]) == 0
     again = _read(os.path.join(out, "execution_manifold.json"))
     assert computed == {"one": 1, "two": 1}
-    assert again["claims"] == record["claims"]
-    assert again["timings"]["part_two_run_seconds"] == record["timings"]["part_two_run_seconds"]
+    assert again["verdicts"] == record["verdicts"]
+    assert again["timings_s"]["part_two_run"] == record["timings_s"]["part_two_run"]
 
     # each part alone, from the same store
     assert em.main(TINY_BOTH + ["--out", out, "--part", "one"]) == 0
     alone = _read(os.path.join(out, "execution_manifold.json"))
     assert alone["parts"] == ["one"] and _claim_ids(alone) == set(PART_ONE_CLAIMS)
-    assert "metrics_part_two" not in alone
+    assert "part_two" not in alone["metrics"] and "part_two" not in alone["config"]
     assert em.main(TINY_BOTH + ["--out", out, "--part", "two"]) == 0
     alone = _read(os.path.join(out, "execution_manifold.json"))
     assert alone["parts"] == ["two"] and _claim_ids(alone) == set(PART_TWO_CLAIMS)
-    assert alone["claims"] == [r for r in record["claims"] if r["claim"].split()[0] in PART_TWO_CLAIMS]
-    # the part-two alias shares the store and writes its own JSON
-    assert em2.main(TINY_BOTH + ["--out", out]) == 0
-    assert _read(os.path.join(out, "execution_manifold_ii.json"))["claims"] == alone["claims"]
+    assert alone["verdicts"] == [r for r in record["verdicts"] if r["claim"].split()[0] in PART_TWO_CLAIMS]
     assert computed == {"one": 1, "two": 1}
-    # --fresh discards the stored row and computes again (a stand-in run here: test_run_part_two_smoke checks
-    # that the same seed gives the same numbers)
+
+    # --fresh discards the stored row and computes again (a stand-in run here: test_run_part_two_smoke in
+    # test_commutator.py checks that the same seed gives the same numbers)
     def stand_in(*args, **kwargs):
         computed["two"] += 1
-        return em2.PartTwoResult([], record["metrics_part_two"], [])
+        return record["metrics"]["part_two"]
 
-    monkeypatch.setattr(em2, "run_part_two", stand_in)
+    monkeypatch.setattr(part_two, "run_part_two", stand_in)
     assert em.main(TINY_BOTH + ["--out", out, "--part", "two", "--fresh"]) == 0
     assert computed == {"one": 1, "two": 2}
-    assert _read(os.path.join(out, "execution_manifold.json"))["claims"] == alone["claims"]
+    assert _read(os.path.join(out, "execution_manifold.json"))["verdicts"] == alone["verdicts"]
 
 
-def test_quick_applies_both_presets():
-    from validate import execution_manifold_ii as em2
-    args = em.build_parser().parse_args(["--quick"])
-    config = em.config_from_args(args)
-    two = em.part_two_config_from_args(args, config)
-    for field, value in em.QUICK.items():
-        assert getattr(config, field) == value, field
-    for field, value in em2.QUICK.items():  # its training fields agree with part one's preset
-        assert getattr(two, field) == value, field
-    assert two.seed == config.seeds[0] and two.window == config.window
-    flags = em.build_parser().parse_args(["--quick", "--sae-steps", "7", "--k-per-block", "r90"])
-    two = em.part_two_config_from_args(flags, em.config_from_args(flags))
-    assert two.sae_steps == 7 and two.k_per_block == "r90" and two.sae_d == em2.QUICK["sae_d"]
+def test_quick_applies_the_presets_of_both_parts_and_explicit_flags_win():
+    parser = em.build_parser()
+    one, two = em.build_configs(cli.parse(parser, ["--quick"], quick=em.QUICK))
+    for dest, value in em.QUICK.items():
+        holder = one if hasattr(one, dest) else one.run if hasattr(one.run, dest) else two
+        assert getattr(holder, dest) == value, dest
+    assert two.run == dataclasses.replace(one.run, mlp="unused")  # the same training, with the code's MLPs
+    assert two.seed == one.seeds[0] and two.window == one.window
+    one, two = em.build_configs(cli.parse(parser, ["--quick", "--sae-steps", "7", "--k-per-block", "r90",
+                                                   "--n-layers", "3", "--sweep-moduli", "16"], quick=em.QUICK))
+    assert two.sae_steps == 7 and two.k_per_block == "r90" and two.sae_d == em.QUICK["sae_d"]
+    assert one.run.n_layers == two.run.n_layers == 3 and one.sweep_moduli == (16,)
 
 
-def test_help_states_every_default():
-    for command in ("execution_manifold", "execution_manifold_ii"):
-        for action in em.build_parser(command)._actions:
-            if action.help in (None, "==SUPPRESS==") or action.nargs == 0:  # --help and on/off switches
-                continue
-            assert "default" in action.help, (command, action.option_strings)
+def test_only_the_default_experiment_publishes_figures():
+    parser = em.build_parser()
+    default = lambda argv: em.is_default_experiment(cli.parse(parser, argv, quick=em.QUICK))
+    assert default([]) and default(["--workers", "4", "--threads", "2", "--out", "elsewhere", "--quiet"])
+    assert default(["--steps", "20000", "--lr", "3e-4"])  # the defaults, spelled out
+    for argv in (["--quick"], ["--part", "one"], ["--seeds", "0", "1"], ["--sae-d", "128"], ["--lr", "1e-3"]):
+        assert not default(argv), argv
 
 
-@pytest.mark.parametrize("argv", [["--part", "three"], ["--k-per-block", "x"], ["--commutator-samples", "0"],
-                                  ["--sae-k", "999"], ["--ablation-sizes", "1,x"],
+@pytest.mark.parametrize("argv", [["--part", "three"], ["--k-per-block", "x"], ["--k-per-block", "0"],
+                                  ["--commutator-samples", "0"], ["--sae-k", "999"], ["--ablation-sizes", "1", "x"],
                                   ["--steps", "400", "--snapshot-every", "50", "--window", "4"],  # part two: >= 10
                                   ["--commutator-lr", "-1"], ["--workers", "-1"]])
 def test_part_two_bad_input_exits_2_with_one_line(argv, capsys, tmp_path):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from theory.signal_prop import BlockParams
-from validate.batched_train import (StackedPhaseModels, TrainConfig, TrainPoints, _Block, _LayerNorm,
-                                   build_models, params_at, train_batched, train_sequential)
-from validate.phase_diagram import QUICK, PhaseDiagramConfig, main
-from validate.phase_task import HistogramTask
-from validate.transformer import layer_norm, torch_activation
-from validate.sweep import SweepStore, run_sweep
+from validate._common.sweep import SweepStore, run_sweep
+from validate._signal_prop.batched_train import (StackedPhaseModels, TrainConfig, TrainPoints, _Block, _LayerNorm,
+                                                 build_models, params_at, train_batched, train_sequential)
+from validate._signal_prop.phase_experiment import PhaseDiagramConfig, same_experiment
+from validate._signal_prop.phase_task import HistogramTask
+from validate._signal_prop.transformer import layer_norm, torch_activation
+from validate.phase_diagram import QUICK, build_parser, main, parse_config, run
 
 TASK = HistogramTask(n_tokens=8, vocab=4, noise=0.2)
 TINY = TrainConfig(depth=3, width=16, d_ff=16, steps=6, batch=4, test_size=32, eval_every=3, threads=1,
@@ -144,35 +145,41 @@ def test_divergence_midway_is_recorded_at_its_step():
 # -- the command ---------------------------------------------------------------------------------------
 SMALL = ["--grid", "3", "2", "--seeds", "0", "1", "--depth", "2", "--width", "16", "--d-ff", "16",
          "--steps", "8", "--batch", "4", "--test-size", "32", "--eval-every", "4", "--n-tokens", "8",
-         "--vocab", "4", "--map-points", "20", "--workers", "0", "--threads", "1", "--figure", "none",
-         "--quiet"]
+         "--vocab", "4", "--map-points", "20", "--workers", "0", "--threads", "1", "--quiet"]
 
 
-def test_cli_writes_json_and_figure_and_a_rerun_resumes(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(SMALL + ["--out", str(out)]) == 0
-    record = json.loads((out / "phase_diagram.json").read_text())
+def test_cli_writes_json_and_figure_a_rerun_resumes_and_figures_are_left_alone(tmp_path, capsys):
+    out, figures = tmp_path / "run", tmp_path / "figures"
+    figures.mkdir()
+    cfg, _ = parse_config(SMALL + ["--out", str(out)])
+    record = run(cfg, quiet=True, figures_dir=str(figures))
+    assert list(figures.iterdir()) == []                  # not the default experiment: figures/ untouched
+    assert json.loads((out / "phase_diagram.json").read_text()) == record
     metrics = record["metrics"]
     for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells"):
         assert key in metrics and record[key] == metrics[key]
-    assert len(record["points"]) == 3 * 2 * 2 and record["timings"]["models_trained_now"] == 12
+    assert len(record["points"]) == 3 * 2 * 2 and record["store"]["models_trained_now"] == 12
+    assert [row["quantity"] for row in record["verdicts"]] == ["Spearman(final test loss, |lambda|)",
+                                                              "loss minimum to predicted critical point"]
     assert (out / "phase_diagram.png").stat().st_size > 10_000
-    assert "Spearman" in capsys.readouterr().out
 
     assert main(SMALL + ["--out", str(out)]) == 0          # everything stored: nothing retrained
+    assert "Spearman" in capsys.readouterr().out
     again = json.loads((out / "phase_diagram.json").read_text())
-    assert again["timings"]["models_trained_now"] == 0
+    assert again["store"]["models_trained_now"] == 0
     assert again["metrics"] == metrics and again["points"] == record["points"]
-    assert main(SMALL + ["--out", str(out), "--fresh"]) == 0
-    fresh = json.loads((out / "phase_diagram.json").read_text())
-    assert fresh["timings"]["models_trained_now"] == 12
+    fresh_cfg, _ = parse_config(SMALL + ["--out", str(out), "--fresh"])
+    fresh = run(fresh_cfg, quiet=True, update_figures=True, figures_dir=str(figures))
+    assert fresh["store"]["models_trained_now"] == 12
     assert [p["final_test_loss"] for p in fresh["points"]] == [p["final_test_loss"] for p in record["points"]]
+    assert [p.name for p in figures.iterdir()] == ["phase_diagram.png"]   # --update-figures publishes
 
 
 @pytest.mark.parametrize("args, message", [
     (["--grid", "1", "4"], "grid"), (["--x-range", "0.5", "0.2"], "x_range"),
     (["--x-range", "0.1", "1.5"], "alpha"), (["--base", "foo=1"], "FIELD"), (["--base", "sigma_A=-1"], "sigma_A"),
-    (["--noise", "1.5"], "noise"), (["--x-field", "sigma_w"], "different fields"), (["--steps", "0"], "steps")])
+    (["--noise", "1.5"], "noise"), (["--x-field", "sigma_w"], "different fields"), (["--steps", "0"], "steps"),
+    (["--seeds", "2", "2"], "distinct"), (["--workers", "-1"], "workers")])
 def test_cli_rejects_bad_input_with_one_line_and_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -181,14 +188,21 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(args, message, capsys):
     assert message in err[-1] and err[-1].startswith("python -m validate.phase_diagram: error:")
 
 
-def test_readme_figure_is_written_by_the_default_experiment_only():
-    from validate.phase_diagram import parse_args
-    readme_figure = PhaseDiagramConfig.figure
-    assert parse_args([])[0].figure == readme_figure
-    assert parse_args(["--workers", "1", "--out", "/tmp/elsewhere", "--fresh"])[0].figure == readme_figure
-    for other_experiment in (["--steps", "10"], ["--x-field", "sigma_A"], ["--seeds", "3"], ["--quick"]):
-        assert parse_args(other_experiment)[0].figure is None, other_experiment
-    assert parse_args(["--steps", "10", "--figure", "mine.png"])[0].figure == "mine.png"
+def test_only_the_default_experiment_counts_as_the_readme_figure():
+    default = PhaseDiagramConfig()
+    for where in ([], ["--workers", "1", "--threads", "2", "--out", "/tmp/elsewhere", "--fresh",
+                       "--models-per-batch", "4", "--store", "/tmp/s.sqlite", "--quiet"]):
+        assert same_experiment(parse_config(where)[0], default), where
+    for other in (["--steps", "10"], ["--x-field", "sigma_A"], ["--seeds", "3"], ["--quick"]):
+        assert not same_experiment(parse_config(other)[0], default), other
+
+
+def test_quick_preset_sets_flags_the_user_did_not_give():
+    quick, _ = parse_config(["--quick"])
+    assert quick.grid == (3, 3) and quick.models_per_batch == 9
+    assert (quick.train.depth, quick.train.width, quick.train.steps, quick.train.test_size) == (4, 32, 150, 256)
+    mine, _ = parse_config(["--quick", "--steps", "20", "--grid", "4", "2"])
+    assert mine.train.steps == 20 and mine.grid == (4, 2) and mine.train.depth == 4
 
 
 def test_help_lists_every_flag(capsys):
@@ -196,15 +210,18 @@ def test_help_lists_every_flag(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--x-field", "--y-range", "--grid", "--depth", "--width", "--steps", "--seeds", "--lr",
-                 "--out", "--store", "--scheduler", "--device", "--quick", "--fresh"):
-        assert flag in text
+    for flag in ("--x-field", "--y-range", "--grid", "--base", "--residual", "--depth", "--width", "--steps",
+                 "--seeds", "--seed", "--lr", "--noise", "--out", "--store", "--scheduler", "--device", "--quick",
+                 "--fresh", "--workers", "--threads", "--models-per-batch", "--update-figures", "--quiet"):
+        assert flag in text, flag
+    assert "--quick: 150" in " ".join(build_parser().format_help().split())
 
 
 def test_dask_local_cluster_stores_the_same_quick_grid_as_local_processes(tmp_path):
     distributed = pytest.importorskip("distributed")
     # the --quick grid and model; 30 of its 150 steps suffice to compare stored numbers (and keep CI short)
-    quick_train = TrainConfig(**{**TrainConfig().to_dict(), "task": HistogramTask(), **QUICK["train"],
+    quick_train = TrainConfig(**{**TrainConfig().to_dict(), "task": HistogramTask(),
+                                 **{k: v for k, v in QUICK.items() if k in TrainConfig.__dataclass_fields__},
                                  "steps": 30, "eval_every": 10})
     cfg = PhaseDiagramConfig(grid=QUICK["grid"], train=quick_train)
     task, points = TrainPoints(cfg.base, cfg.train), cfg.train_points()

@@ -1,8 +1,9 @@
-"""validate.scan_snap: torch Y/Z gradients equal Lemma 1, the data sampler, the transformer's Z, the CLIs."""
+"""validate.scan_snap and validate.scan_snap_sweep: torch Y/Z gradients equal Lemma 1, the data sampler, the
+transformer's Z, and both commands (flags, --quick, JSON records, figures/)."""
+import functools
 import json
-import os
-import subprocess
-import sys
+import pickle
+import sqlite3
 
 import numpy as np
 import pytest
@@ -10,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from theory import scan_snap as th
-from validate import scan_snap_analysis as an
-from validate.scan_snap_models import OneLayerTransformer, SyntheticSequences, TrainConfig, YZModel
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from validate import scan_snap, scan_snap_sweep
+from validate._common import cli, reporting
+from validate._scan_snap import analysis as an
+from validate._scan_snap import fig6
+from validate._scan_snap.experiment import ScanSnapConfig
+from validate._scan_snap.models import OneLayerTransformer, SyntheticSequences, TrainConfig, YZModel
 
 
 def test_yz_gradients_equal_lemma1():
@@ -76,30 +79,126 @@ def test_config_rejects_bad_values():
         TrainConfig(model="transformer", init="zero")
 
 
-def _cli(*args, module="validate.scan_snap"):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+# ----------------------------------------------------------------------------------------------------------
+# The commands
+# ----------------------------------------------------------------------------------------------------------
+COMMANDS = (scan_snap, scan_snap_sweep)
+SCHEMA = ("command", "argv", "package_version", "git_commit", "config", "versions", "timings_s", "metrics",
+          "verdicts", "all_pass")
+VERDICT_KEYS = {"claim", "measure", "quantity", "prediction", "measurement", "tolerance", "verdict"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lr-ratio", "-1"], "lr_ratio"),
-    (["--dataset", "syn-medium", "--next-tokens", "3"], "even"),
-    (["--model", "transformer"], "init='zero'"),
-    (["--seeds", "a,b"], "comma-separated integers"),
+@pytest.mark.parametrize("command, args, message", [
+    (scan_snap, ["--lr-ratio", "-1"], "lr_ratio"),
+    (scan_snap, ["--dataset", "syn-medium", "--next-tokens", "3"], "even"),
+    (scan_snap, ["--model", "transformer"], "init='zero'"),
+    (scan_snap, ["--seeds", "a"], "not an integer"),
+    (scan_snap, ["--ratios", "1,2"], "not a number"),  # lists are space-separated
+    (scan_snap, ["--seeds", "1", "1"], "distinct"),
+    (scan_snap_sweep, ["--next-tokens", "2", "3"], "even"),
+    (scan_snap_sweep, ["--lr-z", "0"], "lr_z"),
+    (scan_snap_sweep, ["--ratios", "1", "1"], "distinct"),
+    (scan_snap_sweep, ["--workers", "-1"], "--workers"),
 ])
-def test_cli_bad_input_exits_2(args, message):
-    res = _cli(*args, "--out", "/nonexistent/never-written")
-    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+def test_bad_input_exits_2(command, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        command.main([*args, "--out", "/nonexistent/never-written"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
 
 
-def test_cli_quick_writes_json_and_figures(tmp_path):
-    res = _cli("--quick", "--quiet", "--out", str(tmp_path))
-    assert res.returncode == 0, res.stderr[-2000:]
-    rec = json.loads((tmp_path / "scan_snap.json").read_text())
-    for key in ("final_entropy_distinct", "final_entropy_distinct_sem", "kendall_tau_drop_order",
-                "common_tokens_fall", "ode_comparison", "snap"):
-        assert key in rec["metrics"]
-    assert {v["verdict"] for v in rec["verdicts"]} <= {"PASS", "FAIL", "INFO"}
-    for name in rec["figures"]:
-        assert (tmp_path / name).stat().st_size > 10_000
-    assert "PASS" in res.stdout or "FAIL" in res.stdout
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_every_flag_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        command.main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for action in command.build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.dest
+    assert "--quick: 1 2" in text  # the preset's seeds are shown where they change the default
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_parser_defaults_are_the_default_experiment(command):
+    # the default experiment is recognised by comparing configs: the parser's defaults must build exactly it
+    parser = command.build_parser()
+    cfg = command.config_from_args(cli.parse(parser, []))
+    assert cfg == type(cfg)()
+
+
+def test_quick_presets_are_the_old_ones_and_explicit_flags_win():
+    quick = scan_snap.config_from_args(cli.parse(scan_snap.build_parser(), ["--quick"], quick=scan_snap.QUICK))
+    assert quick == ScanSnapConfig(train=TrainConfig(steps=40), seeds=(1, 2), ratios=(1.0, 10.0), theory_steps=150,
+                                   theory_seq_len=128, theory_seeds=1, snap_steps=60)
+    given = cli.parse(scan_snap.build_parser(), ["--quick", "--steps", "70", "--seed", "4"], quick=scan_snap.QUICK)
+    assert (given.steps, given.seeds, given.theory_steps) == (70, (4,), 150)
+    sweep = scan_snap_sweep.config_from_args(
+        cli.parse(scan_snap_sweep.build_parser(), ["--quick", "--lr-z", "2"], quick=scan_snap_sweep.QUICK))
+    assert sweep == fig6.SweepConfig(next_tokens=(2, 6), lr_z=(2.0,), ratios=(1.0, 2.0, 10.0), seeds=(1, 2, 3))
+
+
+@pytest.fixture
+def figures_dir(tmp_path, monkeypatch):
+    """A stand-in for the repository's figures/, so a test can see what a run would publish."""
+    directory = tmp_path / "repository_figures"
+    directory.mkdir()
+    monkeypatch.setattr(reporting, "REPOSITORY_FIGURES", str(directory))
+    monkeypatch.setattr(reporting, "publish_figures",
+                        functools.partial(reporting.publish_figures, figures_dir=str(directory)))
+    return directory
+
+
+def _check_record(path, command):
+    record = json.loads(path.read_text())  # strict JSON: json.loads would accept NaN, so check the text too
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert set(SCHEMA) <= set(record) and record["command"] == command
+    assert record["verdicts"] and all(set(row) == VERDICT_KEYS for row in record["verdicts"])
+    assert {row["verdict"] for row in record["verdicts"]} <= {"PASS", "FAIL", "INFO"}
+    assert record["all_pass"] == all(row["verdict"] != "FAIL" for row in record["verdicts"])
+    for name in record["figures"]:
+        assert (path.parent / name).stat().st_size > 10_000
+    return record
+
+
+def test_scan_snap_main_writes_its_record_and_leaves_figures_alone(tmp_path, figures_dir, capsys):
+    out = tmp_path / "run"
+    tiny = ["--quick", "--steps", "10", "--theory-steps", "30", "--snap-steps", "20", "--quiet", "--out", str(out)]
+    assert scan_snap.main(tiny) == 0
+    record = _check_record(out / "scan_snap.json", "scan_snap")
+    for key in ("final_entropy_distinct", "final_entropy_distinct_sem", "final_entropy_distinct_by_ratio",
+                "entropy_vs_step", "kendall_tau_drop_order", "kendall_tau_logit_change", "common_tokens_fall",
+                "final_loss", "ode_comparison", "snap"):
+        assert key in record["metrics"]
+    assert record["config"]["ratios"] == [1.0, 10.0] and record["config"]["train"]["steps"] == 10
+    assert record["argv"] == tiny
+    assert len(record["figures"]) == 3
+    assert list(figures_dir.iterdir()) == []  # a --quick run never publishes
+    printed = capsys.readouterr().out
+    assert "verdict" in printed and "wrote" in printed and str(out / "scan_snap.json") in printed
+
+
+def test_scan_snap_sweep_main_writes_its_record_publishes_on_request_and_resumes(tmp_path, figures_dir):
+    out = tmp_path / "sweep"
+    tiny = ["--next-tokens", "2", "--lr-z", "1", "3", "--ratios", "1", "2", "10", "--seeds", "1", "2",
+            "--steps", "20", "--workers", "0", "--quiet", "--out", str(out)]
+    assert scan_snap_sweep.main(tiny) == 0
+    record = _check_record(out / "scan_snap_sweep.json", "scan_snap_sweep")
+    mean = np.array(record["metrics"]["entropy_mean"])
+    assert mean.shape == (1, 2, 3) and np.all(np.isfinite(mean))
+    assert np.array(record["metrics"]["entropy_sem"]).shape == (1, 2, 3)
+    assert 0 < record["metrics"]["entropy_start_mean"] <= np.log(10)  # 10 distinct tokens per class
+    assert record["config"]["lr_z"] == [1.0, 3.0] and "lr_z" not in record["config"]["train"]
+    assert list(figures_dir.iterdir()) == []  # not the default experiment
+    # a rerun resumes from the store: no new rows, the same numbers; --update-figures publishes the figure
+    assert scan_snap_sweep.main([*tiny, "--update-figures"]) == 0
+    with sqlite3.connect(out / "sweep.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2 * 3 * 2
+    again = json.loads((out / "scan_snap_sweep.json").read_text())
+    assert again["metrics"] == record["metrics"]
+    assert [p.name for p in figures_dir.iterdir()] == ["scan_snap_fig6.png"]
+
+
+def test_sweep_task_travels_to_worker_processes():
+    # spawned workers receive the task by reference: it must pickle as a module-level function
+    assert pickle.loads(pickle.dumps(fig6.sweep_task)) is fig6.sweep_task

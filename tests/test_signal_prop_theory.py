@@ -1,4 +1,6 @@
 """SymPy identities of theory.signal_prop (exact: each assertion is a simplification to 0 or a sign)."""
+import importlib
+
 import sympy as sp
 import pytest
 
@@ -111,3 +113,24 @@ def test_block_params_validation_names_the_field(bad, field):
 
 def test_plain_residual_allows_alpha_above_one():
     assert T.BlockParams(alpha_A=1.5, residual="plain").skip_A == 1.0
+
+
+@pytest.mark.parametrize("module, section, printed", [
+    ("signal_prop", "no-mlp", "negative: True"),
+    ("scan_snap", "eqn85", "(h evaluated at t/K)"),
+    ("commutator", "expansion", "(paper: sqrt(K)/sqrt(P))"),
+])
+def test_theory_command_line(module, section, printed, capsys):
+    """Every `python -m theory.<name>` (tested once, here): --help exits 0 and names each section, an unknown
+    flag exits 2 with one line, and --section prints the section named."""
+    theory = importlib.import_module(f"theory.{module}")
+    for argv, code in ((["--help"], 0), (["--bogus"], 2)):
+        with pytest.raises(SystemExit) as stop:
+            theory.main(argv)
+        assert stop.value.code == code
+    out, err = capsys.readouterr()
+    assert out.startswith(f"usage: python -m theory.{module}")
+    assert all(name in out for name in theory.SECTIONS)
+    assert err.count("\n") == 1 and "--bogus" in err
+    theory.main(["--section", section])
+    assert printed in capsys.readouterr().out

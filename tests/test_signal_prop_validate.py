@@ -8,11 +8,13 @@ import torch
 from sim.signal_prop import propagate
 from theory.signal_prop import BlockParams
 from validate import signal_prop as V
-from validate.transformer import CanonicalBlock, CanonicalTransformer, gram_order_parameters, simplex_tokens
+from validate._signal_prop.propagation_experiment import SignalPropConfig, same_experiment
+from validate._signal_prop.transformer import (CanonicalBlock, CanonicalTransformer, gram_order_parameters,
+                                              simplex_tokens)
 
 
 def test_block_initialisation_matches_block_params():
-    """Empirical weight standard deviations equal DESIGN.md's (relative SE of a std over N entries is
+    """Empirical weight standard deviations equal those BlockParams specifies (relative SE of a std over N entries is
     1/sqrt(2N) ~ 1e-3 at d = 512, so 1% is > 5 SE)."""
     h = BlockParams(sigma_A=2.0, sigma_V=0.7, sigma_w=3.0, sigma_2=1.5)
     d, d_ff = 512, 256
@@ -74,7 +76,8 @@ def test_theory_torch_gap_shrinks_with_width():
 
 
 def test_cli_rejects_bad_input_with_one_line(capsys):
-    for args in (["--width", "0"], ["--settings", "nope"], ["--rho0", "1.5"], ["--device", "tpu"]):
+    for args in (["--width", "0"], ["--settings", "nope"], ["--rho0", "1.5"], ["--device", "tpu"],
+                 ["--networks", "0"], ["--seeds", "1", "1"], ["--seeds", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             V.main(args)
         assert exit_info.value.code == 2
@@ -83,12 +86,45 @@ def test_cli_rejects_bad_input_with_one_line(capsys):
         assert err.strip().splitlines()[-1].startswith("python -m validate.signal_prop: error:")
 
 
-def test_small_run_writes_json_and_figure(tmp_path):
-    cfg = V.Config(width=128, depth=3, seeds=2, probes=2, n_tokens=8, out=str(tmp_path),
-                   figure=str(tmp_path / "fig.png"), settings=("normalized-ordered",))
-    record = V.run(cfg, quiet=True)
-    data = json.loads((tmp_path / "signal_prop.json").read_text())
-    assert (tmp_path / "fig.png").stat().st_size > 10_000
-    assert set(data) >= {"config", "versions", "timings", "settings", "verdicts", "all_pass"}
-    assert len(data["settings"]["normalized-ordered"]["measured"]["rho"]["mean"]) == 4
-    assert "PASS" in record["table"] or "FAIL" in record["table"]
+def test_seed_values_each_draw_the_networks_of_a_setting():
+    """--networks N per seed value, pooled; one seed value draws exactly the networks the command always drew
+    (seed s * 100003 + k), so the default run and --quick keep their numbers."""
+    assert V.parse_config([])[0].network_seeds() == list(range(8))
+    assert V.parse_config(["--quick"])[0].network_seeds() == list(range(4))
+    assert V.parse_config(["--quick", "--networks", "3"])[0].network_seeds() == [0, 1, 2]   # explicit flag wins
+    assert V.parse_config(["--networks", "2", "--seeds", "0", "5"])[0].network_seeds() == [0, 1, 500015, 500016]
+
+
+def test_help_shows_every_flag_its_default_and_quick_value():
+    text = V.build_parser().format_help()
+    for flag in ("--width", "--n-tokens", "--depth", "--networks", "--probes", "--q0", "--rho0", "--settings",
+                 "--seeds", "--seed", "--out", "--quick", "--device", "--update-figures", "--quiet"):
+        assert flag in text, flag
+    assert "--quick: 256" in " ".join(text.split())
+
+
+def test_only_the_default_experiment_counts_as_the_readme_figure():
+    default = SignalPropConfig()
+    for where in ([], ["--out", "/tmp/elsewhere", "--device", "cpu", "--quiet"]):
+        assert same_experiment(V.parse_config(where)[0], default), where
+    for other in (["--quick"], ["--networks", "4"], ["--seeds", "0", "1"], ["--settings", "plain-ordered"]):
+        assert not same_experiment(V.parse_config(other)[0], default), other
+
+
+def test_small_run_writes_json_and_figure_and_leaves_figures_alone(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    cfg = SignalPropConfig(width=128, depth=3, networks=2, probes=2, n_tokens=8, out=str(tmp_path / "run"),
+                             settings=("normalized-ordered",))
+    record = V.run(cfg, quiet=True, figures_dir=str(figures))
+    data = json.loads((tmp_path / "run" / "signal_prop.json").read_text())
+    assert (tmp_path / "run" / "signal_prop.png").stat().st_size > 10_000
+    assert list(figures.iterdir()) == []                  # not the default experiment: figures/ untouched
+    assert data == record and data["command"] == "signal_prop"
+    assert set(data) >= {"config", "versions", "timings_s", "metrics", "verdicts", "all_pass", "figures"}
+    assert len(data["metrics"]["normalized-ordered"]["measured"]["rho"]["mean"]) == 4
+    assert [row["claim"] for row in data["verdicts"]] == ["normalized-ordered"] * 5
+    assert {row["verdict"] for row in data["verdicts"]} <= {"PASS", "FAIL"}
+
+    V.run(cfg, quiet=True, update_figures=True, figures_dir=str(figures))
+    assert [p.name for p in figures.iterdir()] == ["signal_prop.png"]

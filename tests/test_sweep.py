@@ -1,4 +1,4 @@
-"""The sweep machinery (validate.sweep): resumable SQLite rows, SIGKILL safety, local vs Dask executors."""
+"""The sweep machinery (validate._common.sweep): resumable SQLite rows, SIGKILL safety, local vs Dask executors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from validate.sweep import SweepStore, point_key, run_sweep
+from validate._common.sweep import SweepStore, point_key, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = [{"alpha": round(0.1 * i, 3), "sigma_w": 2.0} for i in range(1, 13)]
@@ -104,7 +104,7 @@ def test_bad_arguments_raise_value_error(tmp_path, bad, message):
 
 KILLED_RUN = """
 from tests.test_sweep import LoggedTask, POINTS, SEEDS
-from validate.sweep import SweepStore, run_sweep
+from validate._common.sweep import SweepStore, run_sweep
 run_sweep(LoggedTask({log!r}, sleep_s=0.25), POINTS, SEEDS, SweepStore({store!r}, "kill"), max_workers=2)
 """
 

@@ -238,7 +238,7 @@ class MarkerTransformer(nn.Module):
 
     def attention_weights(self) -> dict[str, torch.Tensor]:
         """The 4 n_layers trajectory blocks as views of the live parameters: {"L0.W_Q": (d, d), ...}.
-        Views alias the parameters; a recorder must copy them (see validate.trajectory)."""
+        Views alias the parameters; a recorder must copy them (see validate._execution_manifold.trajectory)."""
         d, blocks = self.config.d_model, {}
         for layer, block in enumerate(self.blocks):
             qkv = block.attention.qkv.weight

@@ -1,4 +1,5 @@
-"""The canonical signal-propagation block of DESIGN.md as a PyTorch module, read top to bottom.
+"""The canonical signal-propagation block as a PyTorch module, read top to bottom: our reconstruction of the
+block of Cowsik et al. (2024), whose exact parametrization the public abstract does not give.
 
 Same parametrisation and names as `theory.signal_prop.BlockParams`:
 
@@ -40,7 +41,7 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class CanonicalBlock(nn.Module):
-    """One attention + MLP block, weights drawn as DESIGN.md specifies."""
+    """One attention + MLP block, weights drawn with the standard deviations of the module docstring."""
 
     def __init__(self, params: BlockParams, width: int, d_ff: int | None = None):
         super().__init__()
@@ -109,7 +110,7 @@ class CanonicalTransformer(nn.Module):
 def simplex_tokens(n_tokens: int, width: int, q0: float, rho0: float, batch: int = 1,
                    generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
     """x_i = sqrt(q0) (sqrt(rho0) g + sqrt(1 - rho0) z_i), g, z_i ~ N(0, I_d): a permutation-symmetric
-    simplex with E|x_i|^2/d = q0 and E x_i.x_j/d = q0 rho0 (DESIGN.md)."""
+    simplex with E|x_i|^2/d = q0 and E x_i.x_j/d = q0 rho0 (the input of theory.signal_prop's map)."""
     if not 0.0 <= rho0 <= 1.0:
         raise ValueError(f"rho0={rho0!r}: must lie in [0, 1]")
     if q0 <= 0:

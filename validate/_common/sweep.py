@@ -1,6 +1,6 @@
 """Resumable parameter sweeps: one SQLite row per (point, seed), stored the moment it is computed.
 
-Every validate command that scans a grid reuses this module (DESIGN.md, "Sweeps"):
+Every validate command that scans a grid reuses this module:
 
     store = SweepStore("runs/x/sweep.sqlite", sweep="config-hash")
     rows = run_sweep(task, points, seeds, store)            # local worker processes
@@ -8,7 +8,7 @@ Every validate command that scans a grid reuses this module (DESIGN.md, "Sweeps"
 
 - ``task(items)`` receives a list of ``(point, seed)`` pairs (``point`` a dict of JSON scalars) and returns one
   JSON-serializable result dict per pair, in order. Batches let a task train many models together
-  (validate.batched_train); ``batch_size=1`` is the classic one-point-per-call sweep.
+  (validate._signal_prop.batched_train); ``batch_size=1`` is the classic one-point-per-call sweep.
 - Rows are written by this (the submitting) process only, one transaction per finished batch, so a crash or a
   SIGKILL loses at most the batches still in flight; stored rows are never half-written (SQLite transactions,
   WAL journal, synchronous=FULL).

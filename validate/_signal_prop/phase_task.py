@@ -4,7 +4,7 @@ Each sequence holds ``n_tokens`` symbols drawn uniformly from a vocabulary of ``
 token i is its count in the sequence, c_i = #{j : x_j = x_i} in {1, ..., n}, observed through symmetric label
 noise: with probability ``noise`` the label is replaced by a uniform draw from the n classes.
 
-Why this task (README, phase-diagram section):
+Why this task:
 - it needs token mixing: a token-wise model sees only x_i, and by symmetry every symbol has the same label
   distribution, so without attention the best achievable loss is the entropy of the label marginal
   (``context_free_loss``), which a collapsed (rank-one) network also cannot beat;

@@ -1,22 +1,31 @@
 """Training on the marker task while recording the attention-weight trajectory (Xu 2026, section 3.3).
 
-The paper's "trajectory" is the sequence of snapshots of W_Q, W_K, W_V, W_O of every layer (reference
-section 2.4). Snapshots must be real copies: the released code stores `W.detach().cpu()`, which on a CPU
-tensor returns the live parameter itself, so with in-place optimizer updates every stored "snapshot" equals
-the final weights (reference section 3, item 11). `TrajectoryRecorder` copies, and a test checks that
-snapshots taken at different steps differ on CPU.
+The paper's "trajectory" is the sequence of snapshots of W_Q, W_K, W_V, W_O of every layer (Xu 2026:
+the four matrices "together constitute the complete parameterization" it analyses). Snapshots must be
+real copies: the released code stores `W.detach().cpu()`, which on a CPU tensor returns the live parameter
+itself, so with in-place optimizer updates every stored "snapshot" equals the final weights. `TrajectoryRecorder`
+copies, and a test checks that snapshots taken at different steps differ on CPU.
+
+    RunConfig       one training run: task, model and optimizer (the configs below it are built from it)
+    train_with_snapshots(task, model_config, train_config, on_snapshot=...)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
 import torch
 
-from validate.modular import MarkerTransformer, ModelConfig, TaskConfig, cross_entropy_and_accuracy, sample_batch
+from validate._execution_manifold.modular import (MLP_MODES, MarkerTransformer, ModelConfig, TaskConfig,
+                                                  cross_entropy_and_accuracy, sample_batch)
 
 OPTIMIZERS = ("adamw", "sgd")
+# learning rate and weight decay when none is given: the released code's AdamW (lr 3e-4, PyTorch's default
+# weight decay 0.01; github.com/skydancerosel/bubble-modadd, helpers.train) and the paper text's "standard
+# stochastic gradient descent" (Xu 2026: lr 0.001, no decay mentioned)
+DEFAULT_LR = {"adamw": 3e-4, "sgd": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 0.0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,69 @@ class TrainConfig:
     def snapshot_steps(self) -> list[int]:
         steps = list(range(0, self.steps, self.snapshot_every))
         return steps + [self.steps]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run on the marker task: the task, the model and the optimizer, without the seed (the
+    seed is a replicate; the configs of the experiments hold it). Defaults are the released code's run:
+    T = 16, C = 8, m in {1, 2, 3, 4}, batch 128, 5 attention-only layers of width 128 with 4 heads, AdamW,
+    20,000 steps, a snapshot every 500. lr / weight_decay None take the optimizer's default (DEFAULT_LR).
+    device and threads say where the run is computed, not what it computes."""
+    steps: int = 20_000
+    snapshot_every: int = 500
+    markers: tuple = (1, 2, 3, 4)
+    modulus: int = 8
+    seq_len: int = 16
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    mlp: str = "none"
+    n_layers: int = 5
+    d_model: int = 128
+    n_heads: int = 4
+    device: str = "cpu"
+    threads: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "markers", tuple(int(m) for m in self.markers))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", DEFAULT_WEIGHT_DECAY[self.optimizer])
+        if self.mlp not in MLP_MODES:
+            raise ValueError(f"mlp must be one of {MLP_MODES}, got {self.mlp!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device")
+        # the configs below check their own fields: build them once so a bad value is named now
+        self.model_config(self.task_config())
+        self.train_config(seed=0)
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.steps // self.snapshot_every + 1
+
+    def task_config(self, markers: tuple | None = None, modulus: int | None = None) -> TaskConfig:
+        """The task of this run, or of another difficulty setting (markers, modulus) with everything else kept."""
+        return TaskConfig(seq_len=self.seq_len, markers=self.markers if markers is None else tuple(markers),
+                          modulus=self.modulus if modulus is None else modulus, batch_size=self.batch_size)
+
+    def model_config(self, task: TaskConfig) -> ModelConfig:
+        return ModelConfig.for_task(task, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+                                    mlp=self.mlp)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(steps=self.steps, snapshot_every=self.snapshot_every, optimizer=self.optimizer,
+                           lr=self.lr, weight_decay=self.weight_decay, seed=seed, device=self.device)
+
+    def numbers_fields(self) -> dict:
+        """The fields that change the numbers (all but device and threads), for the store's fingerprints."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "threads")}
 
 
 class TrajectoryRecorder:

@@ -1,8 +1,8 @@
 """SGD commutators of a real network and their alignment with the execution subspace (Xu 2026, section 3.3.2;
-reference sections 2.7, 2.8, 5.4-5.6).
+the released code's bubble_exp_comm_v2.py).
 
     sgd_commutator(model, loss_fn, batch_a, batch_b, lr)   theta_AB - theta_BA, one flat tensor in the order of
-                                                            model.parameters() (DESIGN.md); model untouched
+                                                            model.parameters(); model untouched
     hvp_commutator(...)                                     the leading term eta^2 (H_B g_A - H_A g_B) of
                                                             theory.commutator, by Hessian-vector products
     ExecutionBasis                                          top-K_b trajectory PCs per weight block, embedded in
@@ -26,6 +26,7 @@ import sympy as sp
 import torch
 
 from theory import commutator as theory
+from validate._execution_manifold.geometry import effective_dimension
 
 BASIS_KINDS = ("accumulated", "final", "window")
 SINGULAR_FLOOR = 1e-10  # the code's `build_trajectory_pca_basis` skips directions below this singular value
@@ -65,7 +66,7 @@ class CommutatorSample:
 
 def normalized_defect(delta, grad_a, grad_b, lr, floor: float = 1e-12) -> float:
     """D = ||delta|| / (||lr g_A|| ||lr g_B||) (Xu 2026, section 3.3.2); NaN where ||g_A|| ||g_B|| < floor,
-    since there D measures round-off, not curvature (the spikes of reference section 2.7)."""
+    since there D measures round-off, not curvature (the late spikes of 100-175 in the paper's defect plot)."""
     norm_a, norm_b = float(grad_a.norm()), float(grad_b.norm())
     if norm_a * norm_b < floor:
         return float("nan")
@@ -110,7 +111,7 @@ class _Restorer:
 
 def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch.dtype | None = None
                        ) -> CommutatorSample:
-    """theta_AB - theta_BA with the gradients g_A, g_B at theta (Xu 2026, section 3.3.2; reference 5.4).
+    """theta_AB - theta_BA with the gradients g_A, g_B at theta (Xu 2026, section 3.3.2).
 
     Both paths start from the same parameters, buffers and RNG state (so dropout draws match), and all three
     are restored exactly afterwards. dtype=None steps the model itself in its own precision, as the paper's
@@ -143,8 +144,9 @@ def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch
 
 
 def sgd_commutator(model, loss_fn: Callable, batch_a, batch_b, lr: float) -> torch.Tensor:
-    """DESIGN.md API: theta_AB - theta_BA as one flat tensor, parameters in the order of model.parameters();
-    theta_AB = a plain SGD step on batch_a, then one on batch_b. loss_fn(model, batch) -> scalar tensor.
+    """The public API (validate.geometry): theta_AB - theta_BA as one flat tensor, parameters in the order of
+    model.parameters(); theta_AB = a plain SGD step on batch_a, then one on batch_b. loss_fn(model, batch) ->
+    scalar tensor.
     The model's parameters, buffers and RNG state are left exactly as they were."""
     return measure_commutator(model, loss_fn, batch_a, batch_b, lr).delta
 
@@ -235,7 +237,7 @@ def total_parameters(model) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The execution basis (reference section 2.8 item 1, section 5.5)
+# The execution basis (Xu 2026, section 3.3.2: top-3 trajectory PCs per block, embedded and orthonormalized)
 # ----------------------------------------------------------------------------------------------------------
 
 def top_directions(X: np.ndarray, k: int) -> np.ndarray:
@@ -245,7 +247,10 @@ def top_directions(X: np.ndarray, k: int) -> np.ndarray:
     centred = X - X.mean(axis=0)
     eigenvalues, eigenvectors = np.linalg.eigh(centred @ centred.T)
     order = np.argsort(eigenvalues)[::-1]
-    keep = [i for i in order[:k] if np.sqrt(max(eigenvalues[i], 0.0)) > SINGULAR_FLOOR]
+    # the Gram route resolves eigenvalues only down to about n eps lambda_max: below that they are round-off
+    # of directions the code's SVD would give singular values ~ 0 and skip
+    floor = max(SINGULAR_FLOOR ** 2, X.shape[0] * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0))
+    keep = [i for i in order[:k] if eigenvalues[i] > floor]
     if not keep:
         return np.zeros((X.shape[1], 0))
     directions = centred.T @ eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
@@ -283,8 +288,6 @@ class ExecutionBasis:
             if X.shape[0] < 2:
                 raise ValueError(f"basis {kind}: block {block.name} has {X.shape[0]} snapshot(s) in range, need 2")
             if k_per_block == "r90":
-                # imported here: validate.geometry re-exports sgd_commutator from this module (DESIGN.md)
-                from validate.geometry import effective_dimension
                 k = effective_dimension(X, q)
             else:
                 k = int(k_per_block)
@@ -300,13 +303,13 @@ class ExecutionBasis:
         return float(sum(np.sum((d.T @ part) ** 2) for d, part in zip(self.directions, self.block_parts(vector))))
 
     def rho(self, vector) -> float:
-        """rho_exec = ||B B^T v|| / ||v|| (reference section 2.8 item 2); NaN for v = 0."""
+        """rho_exec = ||B B^T v|| / ||v|| (Xu 2026, section 3.3.2, a ratio of norms); NaN for v = 0."""
         norm = float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
         return math.sqrt(self.projected_energy(vector)) / norm if norm > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Random baselines (reference section 2.8 item 3, section 5.5)
+# Random baselines (Xu 2026, section 3.3.2: ~ sqrt(K / P); and baselines matched to where delta can live)
 # ----------------------------------------------------------------------------------------------------------
 
 def random_subspace_rho_qr(vector, k: int, n_trials: int, generator: np.random.Generator,
@@ -373,11 +376,11 @@ def block_matched_rho_draws(basis: ExecutionBasis, vector, n_trials: int, genera
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Alignment of one commutator sample (reference sections 5.5, 5.6)
+# Alignment of one commutator sample
 # ----------------------------------------------------------------------------------------------------------
 
 def perpendicular_fractions(rho: float) -> dict:
-    """The three readings of "fraction of non-commutativity outside the execution subspace" (reference 5.6):
+    """The three readings of "fraction of non-commutativity outside the execution subspace":
     perp_norm_frac = sqrt(1 - rho^2), perp_energy_frac = 1 - rho^2, perp_complement_frac = 1 - rho (the
     paper's code, its ">92%")."""
     return {name: float(f(rho)) for name, f in _perp.items()}
@@ -385,7 +388,7 @@ def perpendicular_fractions(rho: float) -> dict:
 
 def gradient_support(*vectors, tolerance: float = 0.0) -> np.ndarray:
     """Coordinates where any of the vectors is nonzero: the parameters that receive gradient (option (a) of
-    the support-matched baseline, reference section 5.5)."""
+    the support-matched baseline)."""
     mask = np.zeros(np.asarray(vectors[0]).shape, dtype=bool)
     for v in vectors:
         mask |= np.abs(np.asarray(v)) > tolerance

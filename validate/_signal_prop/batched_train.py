@@ -1,8 +1,8 @@
 """Train many copies of the canonical deep transformer at once, one per (point, seed) of a sweep.
 
 The network is nanoGPT-small in spirit and read top to bottom in ``PhaseModel``: a token embedding, the
-canonical blocks of validate.transformer (DESIGN.md, initialized by their own ``reset_parameters``), the same
-LN, and a linear readout. ``StackedPhaseModels`` is M such models as one module: every weight stacked along a
+canonical blocks of validate._signal_prop.transformer (initialized by their own ``reset_parameters``), the
+same LN, and a linear readout. ``StackedPhaseModels`` is M such models as one module: every weight stacked along a
 leading model axis, the same forward written with batched matmuls over that axis (torch.bmm / baddbmm), again
 read top to bottom. ``train_batched`` trains it with one Adam over the stacked tensors, which (Adam being
 elementwise) updates them exactly as M independent optimizers would.
@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 from theory.signal_prop import BlockParams
-from validate.phase_task import HistogramTask
-from validate.transformer import CanonicalTransformer, layer_norm
+from validate._signal_prop.phase_task import HistogramTask
+from validate._signal_prop.transformer import CanonicalTransformer, layer_norm
 
 TEST_SEED = 2_147_483_647  # the held-out test set; training streams are seeded from the run's seed
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,12 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r}: must be a positive integer")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
             raise ValueError(f"lr={self.lr!r}: must be a positive finite number")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer={self.optimizer!r}: allowed values are ('adam', 'sgd')")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule={self.schedule!r}: allowed values are ('cosine', 'constant')")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: allowed values are {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: allowed values are {SCHEDULES}")
         if not isinstance(self.task, HistogramTask):
-            raise ValueError(f"task={self.task!r}: must be a validate.phase_task.HistogramTask")
+            raise ValueError(f"task={self.task!r}: must be a validate._signal_prop.phase_task.HistogramTask")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +101,7 @@ def _normalize_backward_(g: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) 
 
 
 class _LayerNorm(torch.autograd.Function):
-    """validate.transformer.layer_norm, LN(x) = sqrt(d) x / |x|, with a hand-written backward.
+    """validate._signal_prop.transformer.layer_norm, LN(x) = sqrt(d) x / |x|, with a hand-written backward.
 
     The forward is layer_norm's own expression (the same rounding, the same overflow to inf or NaN). The
     backward, dL/dx = s (g - y (g . y) / d) with y = LN(x) and s = sqrt(d) / |x|, makes four passes over x
@@ -230,7 +232,7 @@ class StackedPhaseModels(nn.Module):
             setattr(self, name, nn.ParameterList(stacked(lambda m: getattr(m.backbone.blocks[layer], name))
                                                  for layer in range(depth)))
         self.readout = stacked(lambda m: m.readout)
-        for name in ("skip_A", "alpha_A", "skip_M", "alpha_M"):   # DESIGN.md's a_A, alpha_A, a_M, alpha_M
+        for name in ("skip_A", "alpha_A", "skip_M", "alpha_M"):   # the block's a_A, alpha_A, a_M, alpha_M
             self.register_buffer(name, torch.tensor([float(getattr(m.params, name)) for m in models])
                                  .view(-1, 1, 1))
         self.phi = models[0].backbone.blocks[0].phi
@@ -259,7 +261,7 @@ def params_at(base: BlockParams, point: dict) -> BlockParams:
 
 @dataclass(frozen=True)
 class TrainPoints:
-    """A validate.sweep task: train the models of a batch of (point, seed) pairs (picklable).
+    """A validate._common.sweep task: train the models of a batch of (point, seed) pairs (picklable).
 
     sequential=False trains them together (train_batched); True one after another (train_sequential, the
     benchmark's baseline).

@@ -1,5 +1,5 @@
 """Sparse autoencoders on the residual stream: routing capture, execution isolation and a corrected causal
-ablation (Xu 2026, section 3.3.3; reference sections 2.9 and 5.7).
+ablation (Xu 2026, section 3.3.3; the released code's experiment_full.py and helpers.TopKSAE).
 
 The paper text describes a ReLU + L1 SAE; its code trains a TopK SAE (k = 16, d_sae = 256) on the post-final-
 LayerNorm residual at value-token positions with m = 4 only, zeroes the six top-variance latents there and
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from validate.modular import TaskConfig, sample_batch
+from validate._execution_manifold.modular import TaskConfig, sample_batch
 
 SAE_KINDS = ("topk", "relu_l1")
 
@@ -178,7 +178,8 @@ def residual_after_block(model, tokens, layer: int) -> torch.Tensor:
 
 def collect_residuals(model, task: TaskConfig, layer: int, site: str = "readout", n_examples: int = 4096,
                       seed: int = 0, markers=None) -> Activations:
-    """Residual vectors after block `layer` with mixed m (reference section 5.7).
+    """Residual vectors after block `layer` with mixed m, so that m varies (the code's m = 4 only cannot show
+    a latent tracking m).
 
     site "readout": position T-1, one vector per sequence; variables m, y (the answer), the last value, the
     distance from the readout to the last marker, the readout token. site "targets": every marker and value
@@ -227,7 +228,7 @@ EXECUTION_VARIABLE = "y"
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Routing capture and execution isolation (correlational; reference section 5.7)
+# Routing capture and execution isolation (correlational: the paper's "3-5 of several hundred" latents)
 # ----------------------------------------------------------------------------------------------------------
 
 def correlation_ratio(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
@@ -338,7 +339,7 @@ def logits_with_edit(model, tokens, layer: int, position: int, edit) -> torch.Te
 
 def latent_ablation_edit(sae: SparseAutoencoder, latents):
     """x' = x - sum_{j in latents} z_j(x) d_j: removes only the chosen latents' contributions and keeps the
-    SAE's reconstruction error (reference section 5.7; SAELens' use_error_term)."""
+    SAE's reconstruction error (SAELens' use_error_term), so ablation is not confounded with reconstruction."""
     latents = list(latents)
 
     def edit(x):
@@ -405,7 +406,7 @@ def top_variance_latents(sae: SparseAutoencoder, X: torch.Tensor, n: int) -> lis
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Planted synthetic data (the unit test of reference section 5.7)
+# Planted synthetic data: sparse routing features and a dense answer code, for the unit tests
 # ----------------------------------------------------------------------------------------------------------
 
 @dataclass

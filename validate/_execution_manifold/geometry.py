@@ -1,0 +1,522 @@
+"""Geometry of training trajectories: dimension, null models, orientation, routing (Xu 2026).
+
+Xu (2026, arXiv 2602.10496, section 3.3.1) measures the "execution manifold" of a weight block as
+r90 = min{k : sum_{j<=k} lambda_j / sum lambda_j >= 0.9}, the eigenvalues lambda of the covariance of the
+flattened snapshots w(t_i). By itself that number says little: an isotropic random walk with the same number
+of snapshots already has r90 = 6 (Antognini & Sohl-Dickstein 2018, PC variance fractions ~ 6/(pi^2 k^2)).
+This module computes the paper's figure and null-calibrated variants (nulls with the same number of snapshots,
+against which a low dimension means something), plus the attention concentration of the paper's "bubbling"
+and a routing coordinate with its saturation fit, which the paper names but does not define.
+
+Everything is computed from Gram matrices of increments. For a trajectory X (n snapshots x D coordinates)
+with increments Delta_i = X_{i+1} - X_i, the mean-centred snapshot Gram matrix is C L G L^T C, where
+G = Delta Delta^T, L is the (n x n-1) cumulative-sum matrix and C the centring matrix. Its spectrum divided by
+n is the PCA variance spectrum. Prefixes and windows are sub-blocks of G, the joint trajectory of several
+blocks has the sum of their Gs, and the null models act on G alone (shuffle: a permutation of G; sign flips:
+s s^T * G; the random walk: a Wishart draw), so a null draw costs an (n x n) eigen-decomposition whatever D is.
+
+The public face `validate.geometry` re-exports these functions beside `sgd_commutator`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NULL_KINDS = ("random_walk", "shuffled_increments", "sign_flipped_increments")
+_FRACTION_SLACK = 1e-12  # float round-off in cumulative variance fractions (q = 1.0 must still be reachable)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------
+
+def _as_trajectory(X, name: str = "X", min_rows: int = 2) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_snapshots, D), got shape {X.shape}")
+    if X.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} rows (snapshots), got {X.shape[0]}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return X
+
+
+def _check_fraction(q: float) -> float:
+    q = float(q)
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    return q
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Spectra and dimension measures (Xu 2026, section 3.3.1)
+# ----------------------------------------------------------------------------------------------------------
+
+def variance_spectrum(X) -> np.ndarray:
+    """PCA variance spectrum lambda_1 >= lambda_2 >= ... of the mean-centred rows of X (n, D).
+
+    lambda_j = s_j^2 / n with s the singular values of the centred X (Xu 2026 eq. for Sigma, section 3.3.1).
+    Returns all n values (the last is 0 up to round-off, since centring removes one dimension).
+    """
+    X = _as_trajectory(X)
+    centred = X - X.mean(axis=0)
+    return _spectrum_from_gram(centred @ centred.T, n_snapshots=X.shape[0])
+
+
+def _spectrum_from_gram(gram: np.ndarray, n_snapshots: int) -> np.ndarray:
+    eigenvalues = np.linalg.eigvalsh(gram)[::-1] / n_snapshots
+    return np.clip(eigenvalues, 0.0, None)
+
+
+def rank_at_fraction(spectrum, q: float = 0.9) -> int:
+    """Smallest k with sum_{j<=k} spectrum_j / sum spectrum >= q (0 for a zero spectrum); r_q of the paper."""
+    q = _check_fraction(q)
+    spectrum = np.sort(np.asarray(spectrum, dtype=np.float64))[::-1]
+    total = spectrum.sum()
+    if total <= 0.0:
+        return 0
+    fractions = np.cumsum(spectrum) / total
+    return int(np.argmax(fractions >= q - _FRACTION_SLACK) + 1)
+
+
+def effective_dimension(X, q: float = 0.9) -> int:
+    """r_q of Xu (2026, section 3.3.1) on the full spectrum: the smallest k whose top-k principal components
+    of the mean-centred rows of X (n_snapshots, D) hold >= q of the variance. 0 when X does not move."""
+    q = _check_fraction(q)
+    return rank_at_fraction(variance_spectrum(X), q)
+
+
+def participation_ratio_of_spectrum(spectrum) -> float:
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    squares = float(np.sum(spectrum ** 2))
+    return float(spectrum.sum() ** 2 / squares) if squares > 0 else 0.0
+
+
+def participation_ratio(X) -> float:
+    """PR = (sum lambda)^2 / sum lambda^2 of the variance spectrum: a dimension without r90's threshold."""
+    return participation_ratio_of_spectrum(variance_spectrum(X))
+
+
+def entropy_effective_rank(X) -> float:
+    """The paper code's `effective_rank`: exp of the Shannon entropy of p_j = s_j / sum s, on the singular
+    values s (not s^2), as in bubble-modadd `analysis_alignment.py`. Kept to reproduce the code; it is large
+    (~23 for a 41-snapshot random walk) and not what the paper's figures show."""
+    singular_values = np.sqrt(variance_spectrum(X) * np.asarray(X).shape[0])
+    total = singular_values.sum()
+    if total <= 0:
+        return 0.0
+    p = singular_values[singular_values > 0] / total
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def capped_rank_at_fraction(spectrum, q: float = 0.9, n_components: int = 8) -> int:
+    """The paper code's r90: `searchsorted(cumsum(ratio[:8]), q) + 1` on the first 8 explained-variance
+    ratios (sklearn PCA with 8 components), hence capped at n_components + 1 (analysis_alignment.py)."""
+    q = _check_fraction(q)
+    spectrum = np.sort(np.asarray(spectrum, dtype=np.float64))[::-1]
+    total = spectrum.sum()
+    if total <= 0:
+        return 0
+    cumulative = np.cumsum(spectrum[:n_components] / total)
+    return int(np.searchsorted(cumulative, q) + 1)
+
+
+def pc1_fraction_of_spectrum(spectrum) -> float:
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    total = spectrum.sum()
+    return float(spectrum.max() / total) if total > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Increment Gram matrices: one object from which every curve and null is computed
+# ----------------------------------------------------------------------------------------------------------
+
+def increment_gram(X) -> np.ndarray:
+    """G = Delta Delta^T for the increments Delta_i = X_{i+1} - X_i of a trajectory X (n, D); (n-1, n-1)."""
+    X = _as_trajectory(X)
+    increments = np.diff(X, axis=0)
+    return increments @ increments.T
+
+
+def _cumulative_sum_matrix(n_snapshots: int) -> np.ndarray:
+    """L (n x n-1) with L[i, j] = 1 for j < i: snapshot i = snapshot 0 + sum_{j<i} increment j."""
+    return np.tril(np.ones((n_snapshots, n_snapshots - 1)), k=-1)
+
+
+def spectrum_from_increment_gram(gram_of_increments) -> np.ndarray:
+    """PCA variance spectrum of the trajectory whose increments have Gram matrix G (see module docstring)."""
+    G = np.asarray(gram_of_increments, dtype=np.float64)
+    n_snapshots = G.shape[0] + 1
+    L = _cumulative_sum_matrix(n_snapshots)
+    centred_L = L - L.mean(axis=0)
+    return _spectrum_from_gram(centred_L @ G @ centred_L.T, n_snapshots)
+
+
+def increment_direction_spectrum(gram_of_increments) -> np.ndarray:
+    """Spectrum of the second-moment matrix of the unit increments Delta_i / ||Delta_i|| (not centred: it
+    measures the span of the directions the trajectory moves in). An isotropic walk in high dimension has
+    nearly orthogonal increments (r_q ~ q (n-1)); a trajectory confined to a k-dim subspace has r_q <= k.
+    Zero increments are dropped."""
+    G = np.asarray(gram_of_increments, dtype=np.float64)
+    norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    moving = norms > 0
+    if not moving.any():
+        return np.zeros(G.shape[0])
+    unit = G[np.ix_(moving, moving)] / np.outer(norms[moving], norms[moving])
+    return np.clip(np.linalg.eigvalsh(unit)[::-1], 0.0, None)
+
+
+def increment_dimension(X, q: float = 0.9) -> int:
+    """r_q of the unit increments of X: about 0.9 (n - 1) for a random walk (its increments are nearly
+    orthogonal) and <= k for a trajectory confined to k dimensions, free of the Lissajous artefact that gives
+    a random walk a small r90 (Antognini & Sohl-Dickstein 2018)."""
+    return rank_at_fraction(increment_direction_spectrum(increment_gram(X)), q)
+
+
+def prefix_dimension_curve(gram_of_increments, q: float = 0.9, min_snapshots: int = 3) -> np.ndarray:
+    """r_q of snapshots {0..i} for i = min_snapshots-1 .. n-1 (length n - min_snapshots + 1)."""
+    G = np.asarray(gram_of_increments, dtype=np.float64)
+    n_snapshots = G.shape[0] + 1
+    if not 2 <= min_snapshots <= n_snapshots:
+        raise ValueError(f"min_snapshots must be in [2, {n_snapshots}], got {min_snapshots}")
+    return np.array([rank_at_fraction(spectrum_from_increment_gram(G[:i - 1, :i - 1]), q)
+                     for i in range(min_snapshots, n_snapshots + 1)])
+
+
+def window_dimension_curve(gram_of_increments, window: int, q: float = 0.9) -> np.ndarray:
+    """r_q of the sliding windows of `window` consecutive snapshots; entry i covers snapshots i..i+window-1."""
+    G = np.asarray(gram_of_increments, dtype=np.float64)
+    n_snapshots = G.shape[0] + 1
+    if not 2 <= window <= n_snapshots:
+        raise ValueError(f"window must be in [2, {n_snapshots}] snapshots, got {window}")
+    return np.array([rank_at_fraction(spectrum_from_increment_gram(G[i:i + window - 1, i:i + window - 1]), q)
+                     for i in range(n_snapshots - window + 1)])
+
+
+def collapse_index(curve, final_value: float, slack: float = 1.0) -> int:
+    """First index t after which curve stays <= final_value + slack: the collapse step of the paper's
+    "within the first 20-30% of training steps" (Xu 2026, Results), which the released code never computes."""
+    curve = np.asarray(curve, dtype=np.float64)
+    above = np.nonzero(curve > final_value + slack)[0]
+    return 0 if above.size == 0 else int(above[-1] + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Null models with the same number of snapshots (N1 random walk, N2 shuffled, N3 sign-flipped increments)
+# ----------------------------------------------------------------------------------------------------------
+
+def _isotropic_cosines(n_vectors: int, ambient_dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Cosine matrix of n i.i.d. isotropic Gaussian vectors in R^ambient_dim, without drawing them.
+
+    Their Gram matrix is Wishart(ambient_dim, I_n); the Bartlett decomposition W = A A^T (A lower triangular,
+    A_ii^2 ~ chi^2(ambient_dim - i), A_ij ~ N(0, 1) below the diagonal) samples it exactly in O(n^2).
+    """
+    if ambient_dim < n_vectors:  # Bartlett needs dof >= n; small cases draw the vectors themselves
+        vectors = rng.standard_normal((n_vectors, ambient_dim))
+        W = vectors @ vectors.T
+    else:
+        A = np.tril(rng.standard_normal((n_vectors, n_vectors)), k=-1)
+        A[np.diag_indices(n_vectors)] = np.sqrt(rng.chisquare(ambient_dim - np.arange(n_vectors)))
+        W = A @ A.T
+    scale = np.sqrt(np.diag(W))
+    return W / np.outer(scale, scale)
+
+
+def null_increment_gram(gram_of_increments, kind: str, ambient_dim: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """One draw of a null trajectory's increment Gram matrix, with the same number of snapshots.
+
+    random_walk (N1): isotropic increments in R^ambient_dim with norms equal to the observed ||Delta_i||.
+    shuffled_increments (N2): the observed increments in a random time order (keeps the increment set,
+        removes temporal correlation; unlike shuffling snapshots, this changes the covariance).
+    sign_flipped_increments (N3): each observed increment times an independent random +-1.
+    """
+    G = np.asarray(gram_of_increments, dtype=np.float64)
+    n_increments = G.shape[0]
+    if kind == "random_walk":
+        norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+        return np.outer(norms, norms) * _isotropic_cosines(n_increments, int(ambient_dim), rng)
+    if kind == "shuffled_increments":
+        order = rng.permutation(n_increments)
+        return G[np.ix_(order, order)]
+    if kind == "sign_flipped_increments":
+        signs = rng.choice([-1.0, 1.0], size=n_increments)
+        return np.outer(signs, signs) * G
+    raise ValueError(f"null kind must be one of {NULL_KINDS}, got {kind!r}")
+
+
+@dataclass(frozen=True)
+class NullComparison:
+    """An observed statistic against its null distribution: z-score and one-sided empirical p-value that
+    the observation is this low (p_low = (1 + #{null <= obs}) / (1 + n_draws))."""
+    observed: float
+    null_mean: float
+    null_sd: float
+    z: float
+    p_low: float
+
+    @classmethod
+    def of(cls, observed: float, null_values) -> "NullComparison":
+        null_values = np.asarray(null_values, dtype=np.float64)
+        mean, sd = float(null_values.mean()), float(null_values.std(ddof=1)) if null_values.size > 1 else 0.0
+        if sd > 0:
+            z = (observed - mean) / sd
+        else:  # a discrete statistic can have a degenerate null; a z-score is then 0 or +-inf
+            z = 0.0 if observed == mean else float(np.sign(observed - mean) * np.inf)
+        p_low = (1.0 + np.sum(null_values <= observed)) / (1.0 + null_values.size)
+        return cls(float(observed), mean, sd, float(z), float(p_low))
+
+    def as_dict(self) -> dict:
+        return {"observed": self.observed, "null_mean": self.null_mean, "null_sd": self.null_sd,
+                "z": self.z, "p_low": self.p_low}
+
+
+def trajectory_statistics(gram_of_increments, q: float = 0.9) -> dict:
+    """r_q, participation ratio, PC1 fraction and increment r_q of the trajectory with this increment Gram."""
+    spectrum = spectrum_from_increment_gram(gram_of_increments)
+    return {"r_q": float(rank_at_fraction(spectrum, q)),
+            "participation_ratio": participation_ratio_of_spectrum(spectrum),
+            "pc1_fraction": pc1_fraction_of_spectrum(spectrum),
+            "increment_r_q": float(rank_at_fraction(increment_direction_spectrum(gram_of_increments), q))}
+
+
+def null_calibration(gram_of_increments, ambient_dim: int, q: float = 0.9, n_draws: int = 200,
+                     seed: int = 0, kinds=NULL_KINDS) -> dict:
+    """Observed r_q, PR, PC1 fraction and increment r_q against each null kind.
+
+    Returns {kind: {statistic: NullComparison}}. A "low-dimensional manifold" claim needs r_q significantly
+    below the random_walk and shuffled_increments nulls, not just a small r_q.
+    """
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be >= 2, got {n_draws}")
+    observed = trajectory_statistics(gram_of_increments, q)
+    rng = np.random.default_rng(seed)
+    result = {}
+    for kind in kinds:
+        draws = [trajectory_statistics(null_increment_gram(gram_of_increments, kind, ambient_dim, rng), q)
+                 for _ in range(n_draws)]
+        result[kind] = {name: NullComparison.of(observed[name], [d[name] for d in draws]) for name in observed}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Orientation across seeds (Xu 2026: the dimension is stable across seeds "while the orientation varies")
+# ----------------------------------------------------------------------------------------------------------
+
+def principal_directions(X, k: int) -> np.ndarray:
+    """Top-k principal directions (D, k), orthonormal columns, of the mean-centred rows of X."""
+    X = _as_trajectory(X)
+    if not 1 <= k <= X.shape[0] - 1:
+        raise ValueError(f"k must be in [1, n_snapshots - 1 = {X.shape[0] - 1}], got {k}")
+    centred = X - X.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred @ centred.T)
+    order = np.argsort(eigenvalues)[::-1][:k]
+    directions = centred.T @ eigenvectors[:, order] / np.sqrt(np.clip(eigenvalues[order], 1e-300, None))
+    return directions
+
+
+def pc_coordinates(X, k: int) -> np.ndarray:
+    """Coordinates z_k(t_i) = <w(t_i) - w_bar, v_k> of the snapshots on the top-k principal directions."""
+    X = _as_trajectory(X)
+    return (X - X.mean(axis=0)) @ principal_directions(X, k)
+
+
+def subspace_overlap(U, V) -> float:
+    """O = ||U^T V||_F^2 / K for orthonormal bases U, V (D, K): 1 for equal subspaces, K/D in expectation
+    for independent random ones."""
+    U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
+    if U.shape != V.shape or U.ndim != 2:
+        raise ValueError(f"U and V must be (D, K) arrays of equal shape, got {U.shape} and {V.shape}")
+    return float(np.sum((U.T @ V) ** 2) / U.shape[1])
+
+
+def random_subspace_overlaps(ambient_dim: int, k: int, n_draws: int, seed: int = 0) -> np.ndarray:
+    """Null distribution of subspace_overlap for two independent uniformly random k-dim subspaces of R^D.
+
+    By rotation invariance one subspace can be fixed to the first k axes; the overlap is then the squared
+    norm of the first k rows of a random orthonormal (D, k) basis, divided by k (drawn via QR of a Gaussian).
+    """
+    rng = np.random.default_rng(seed)
+    overlaps = np.empty(n_draws)
+    for i in range(n_draws):
+        basis, _ = np.linalg.qr(rng.standard_normal((ambient_dim, k)))
+        overlaps[i] = np.sum(basis[:k] ** 2) / k
+    return overlaps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention concentration (Xu 2026's H(A) = -sum_j A_j log A_j); A has keys on the last axis
+# ----------------------------------------------------------------------------------------------------------
+
+def attention_entropy(A, eps: float = 1e-9) -> np.ndarray:
+    """H = -sum_j A_j log(A_j + eps) over keys (last axis), as the paper code's `bubble_metrics`."""
+    A = np.asarray(A, dtype=np.float64)
+    return -np.sum(A * np.log(A + eps), axis=-1)
+
+
+def top_k_mass(A, k: int) -> np.ndarray:
+    """Sum of the k largest attention weights over keys (last axis)."""
+    A = np.asarray(A, dtype=np.float64)
+    if not 1 <= k <= A.shape[-1]:
+        raise ValueError(f"k must be in [1, {A.shape[-1]}], got {k}")
+    return np.sum(np.sort(A, axis=-1)[..., -k:], axis=-1)
+
+
+def target_mass(A, target_mask) -> np.ndarray:
+    """Attention mass on the ground-truth routing targets (marker and value positions), keys on the last
+    axis; target_mask broadcasts against A."""
+    A = np.asarray(A, dtype=np.float64)
+    return np.sum(A * np.asarray(target_mask, dtype=np.float64), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Routing coordinate and saturation (our definitions: the paper names routing coordinates, defines none)
+# ----------------------------------------------------------------------------------------------------------
+
+def _ranks(values) -> np.ndarray:
+    """Average ranks along axis 0 (ties share their mean rank), as Spearman's rho needs."""
+    from scipy.stats import rankdata
+    return rankdata(np.asarray(values, dtype=np.float64), axis=0)
+
+
+def _pearson_columns(columns: np.ndarray, series: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of `columns` (n, c) with each column of `series` (n, s): (c, s)."""
+    a = columns - columns.mean(axis=0)
+    b = series - series.mean(axis=0)
+    norm_a = np.sqrt(np.sum(a ** 2, axis=0))
+    norm_b = np.sqrt(np.sum(b ** 2, axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a.T @ b) / np.outer(norm_a, norm_b)
+    return np.nan_to_num(r)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length series."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"spearman needs two 1-D series of equal length, got {a.shape} and {b.shape}")
+    return float(_pearson_columns(_ranks(a)[:, None], _ranks(b)[:, None])[0, 0])
+
+
+def block_permutation(n: int, block_length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random order of n time indices that shuffles contiguous blocks (keeps short-range autocorrelation)."""
+    starts = np.arange(0, n, block_length)
+    return np.concatenate([np.arange(s, min(s + block_length, n)) for s in rng.permutation(starts)])
+
+
+@dataclass(frozen=True)
+class RoutingCoordinate:
+    """The trajectory coordinate that best tracks the attention entropy.
+
+    index: column of the candidate matrix chosen; rho: its Spearman correlation with the entropy;
+    p_value: block-permutation p-value of max_c |rho_c| (the maximum over candidates is recomputed under each
+    permutation, so the search over candidates is accounted for); time_rho: Spearman of the entropy with the
+    snapshot index itself, the "clock" control: a coordinate that only tracks time scores |rho| ~ |time_rho|.
+    """
+    index: int
+    rho: float
+    p_value: float
+    time_rho: float
+    coordinate: np.ndarray
+
+
+def routing_coordinate(candidates, entropy, n_permutations: int = 2000, block_length: int = 4,
+                       seed: int = 0) -> RoutingCoordinate:
+    """argmax over candidate coordinates (n_snapshots, c) of |Spearman(candidate, entropy)|, with its
+    block-permutation p-value (blocks of `block_length` snapshots, since both series are autocorrelated)."""
+    candidates = np.asarray(candidates, dtype=np.float64)
+    entropy = np.asarray(entropy, dtype=np.float64)
+    if candidates.ndim != 2 or entropy.ndim != 1 or candidates.shape[0] != entropy.shape[0]:
+        raise ValueError(f"candidates must be (n, c) and entropy (n,), got {candidates.shape}, {entropy.shape}")
+    if candidates.shape[0] < 4:
+        raise ValueError(f"need at least 4 snapshots for a rank correlation, got {candidates.shape[0]}")
+    if block_length < 1:
+        raise ValueError(f"block_length must be >= 1, got {block_length}")
+    candidate_ranks, entropy_ranks = _ranks(candidates), _ranks(entropy)
+    rhos = _pearson_columns(candidate_ranks, entropy_ranks[:, None])[:, 0]
+    best = int(np.argmax(np.abs(rhos)))
+    rng = np.random.default_rng(seed)
+    permuted = np.stack([entropy_ranks[block_permutation(len(entropy), block_length, rng)]
+                         for _ in range(n_permutations)], axis=1)
+    null_max = np.max(np.abs(_pearson_columns(candidate_ranks, permuted)), axis=0)
+    p_value = (1.0 + np.sum(null_max >= abs(rhos[best]) - 1e-12)) / (1.0 + n_permutations)
+    time_rho = spearman(np.arange(len(entropy), dtype=np.float64), entropy)
+    return RoutingCoordinate(best, float(rhos[best]), float(p_value), time_rho, candidates[:, best].copy())
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def saturation_curve(r, h_min, h_max, r0, tau):
+    """H(r) = H_min + (H_max - H_min) sigma(-(r - r0) / tau): entropy saturating along the coordinate r."""
+    return h_min + (h_max - h_min) * _sigmoid(-(np.asarray(r, dtype=np.float64) - r0) / tau)
+
+
+@dataclass(frozen=True)
+class SaturationFit:
+    """Least-squares fit of saturation_curve. r_squared: goodness of fit; drop_fraction F = (H(0) - H(T)) /
+    (H(0) - H_min); late_slope_ratio S = |dH/dr| at the last snapshot / max |dH/dr| (S -> 0 is saturation);
+    rebound = H(T) - min H (the paper code's entropy rises again after its minimum)."""
+    h_min: float
+    h_max: float
+    r0: float
+    tau: float
+    r_squared: float
+    drop_fraction: float
+    late_slope_ratio: float
+    rebound: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit_saturation(r, entropy, h_bounds=None) -> SaturationFit:
+    """Fit H = H_min + (H_max - H_min) sigma(-(r - r0)/tau) over the snapshots.
+
+    Both plateaus are kept inside h_bounds (for an attention entropy (0, ln T); default: the data range
+    widened by its spread), so that an exponential-looking decay cannot fit a plateau far above any reachable
+    entropy; and |tau| >= range(r) / (n - 1), so that the fit cannot turn into a step sharper than the
+    snapshots resolve (a step has zero slope everywhere and would read as perfect saturation).
+    """
+    from scipy.optimize import least_squares
+    r, entropy = np.asarray(r, dtype=np.float64), np.asarray(entropy, dtype=np.float64)
+    if r.shape != entropy.shape or r.ndim != 1 or r.size < 5:
+        raise ValueError(f"r and entropy must be 1-D series of equal length >= 5, got {r.shape}, {entropy.shape}")
+    spread = float(np.ptp(r)) or 1.0
+    if h_bounds is None:
+        h_bounds = (entropy.min() - np.ptp(entropy), entropy.max() + np.ptp(entropy))
+    low, high = float(h_bounds[0]), float(h_bounds[1])
+    if not (low < high and low <= entropy.min() + 1e-9 and entropy.max() <= high + 1e-9):
+        raise ValueError(f"h_bounds must be an interval containing the entropy values, got {h_bounds}")
+    tau_floor = spread / (r.size - 1)
+
+    def residuals(params):
+        return saturation_curve(r, *params) - entropy
+
+    best = None
+    # the orientation of r is arbitrary (a PC's sign), so fit both signs of tau from a few centres
+    for sign in (1.0, -1.0):
+        tau_range = (tau_floor, 10 * spread) if sign > 0 else (-10 * spread, -tau_floor)
+        lower = [low, low, r.min() - spread, tau_range[0]]
+        upper = [high, high, r.max() + spread, tau_range[1]]
+        for r0_start in np.quantile(r, [0.25, 0.5, 0.75]):
+            start = np.clip([entropy.min(), entropy.max(), r0_start, sign * max(spread / 8, 1.01 * tau_floor)],
+                            lower, upper)
+            fit = least_squares(residuals, start, bounds=(lower, upper),
+                                x_scale=[1.0, 1.0, spread, spread / 8], max_nfev=2000)
+            if best is None or fit.cost < best.cost:
+                best = fit
+    h_min, h_max, r0, tau = best.x
+    if h_min > h_max:  # the same curve with the roles of the plateaus exchanged; report H_min < H_max
+        h_min, h_max, tau = h_max, h_min, -tau
+    total = float(np.sum((entropy - entropy.mean()) ** 2))
+    r_squared = 1.0 - 2.0 * best.cost / total if total > 0 else 0.0
+    sigma_last = _sigmoid(-(r[-1] - r0) / tau)
+    late_slope_ratio = float(4.0 * sigma_last * (1.0 - sigma_last))  # slope / peak slope of a logistic
+    denominator = entropy[0] - h_min
+    drop_fraction = float((entropy[0] - entropy[-1]) / denominator) if abs(denominator) > 0 else float("nan")
+    return SaturationFit(float(h_min), float(h_max), float(r0), float(tau), float(r_squared),
+                         drop_fraction, late_slope_ratio, float(entropy[-1] - entropy.min()))
+

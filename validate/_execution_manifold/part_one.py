@@ -1,0 +1,344 @@
+"""Part one of the execution-manifold experiment (claims C1-C6 of Xu 2026): train every seed of the main
+setting and of the difficulty sweep, recording the W_Q, W_K, W_V, W_O trajectory of every layer and the
+attention at the readout query, and analyse each run against null models.
+
+    config = PartOneConfig(run=RunConfig(steps=1500, ...), seeds=(0, 1, 2))
+    runs = run_part_one(config, out_dir)       # {"m=1,2,3,4 C=8": [per-seed result, ...], ...}
+
+Every (setting, seed) is one row of the SQLite store out_dir/sweep.sqlite (validate._common.sweep), so a rerun
+resumes; the heavy per-seed arrays (PC directions, increment Grams, routing coordinates) are saved beside it.
+The claims and figures are made from `runs` by validate._execution_manifold.claims and .figures.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from validate._common.reporting import atomic_savez, progress
+from validate._common.sweep import SweepStore, run_sweep
+from validate._execution_manifold import geometry as geo
+from validate._execution_manifold.modular import probe_sets
+from validate._execution_manifold.trajectory import RunConfig, train_with_snapshots
+
+SWEEP = "execution_manifold"  # the store's name prefix of part one's rows
+BLOCK_KINDS = ("W_Q", "W_K", "W_V", "W_O")
+# top PCs per block compared across seeds: the paper's execution basis keeps 3 per block (Xu 2026, section 3.3.2)
+ORIENTATION_K = 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PartOneConfig:
+    """Part one: `run` trained with every seed (the main setting), then the difficulty sweep (mixed m in 1..M for
+    M in sweep_max_markers, and the other moduli) with the first `difficulty_seeds` seeds. Defaults are the
+    released code's run (github.com/skydancerosel/bubble-modadd) with the five seeds of the paper's Figure 1.
+
+    q: the variance fraction of r_q (the paper's r90: q = 0.9, section 3.3.1); null_draws: draws per null
+    model; window: snapshots per sliding window of the collapse curve; probe_examples: probe sequences per m;
+    sparsify_k: the top-k attention sparsifications evaluated (the code's `eval_with_k`)."""
+    run: RunConfig = field(default_factory=RunConfig)
+    seeds: tuple = (0, 1, 2, 3, 4)
+    q: float = 0.9
+    null_draws: int = 200
+    window: int = 10
+    probe_examples: int = 128
+    sparsify_k: tuple = (8, 4, 2, 1)
+    sweep_max_markers: tuple = (2, 6)
+    sweep_moduli: tuple = (16,)
+    difficulty_seeds: int = 2
+
+    def __post_init__(self):
+        for name in ("seeds", "sparsify_k", "sweep_max_markers", "sweep_moduli"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        n_snapshots = self.run.n_snapshots
+        if n_snapshots < 6:
+            raise ValueError(f"steps / snapshot_every must give >= 6 snapshots, got {n_snapshots} "
+                             f"(steps={self.run.steps}, snapshot_every={self.run.snapshot_every})")
+        if not 3 <= self.window <= n_snapshots:
+            raise ValueError(f"window must be in [3, n_snapshots = {n_snapshots}], got {self.window}")
+        if self.null_draws < 20:
+            raise ValueError(f"null_draws must be >= 20 (p-values below 0.05 need them), got {self.null_draws}")
+        if not 0 < self.q <= 1:
+            raise ValueError(f"q must be in (0, 1], got {self.q}")
+        if self.probe_examples < 1:
+            raise ValueError(f"probe_examples must be >= 1, got {self.probe_examples}")
+        if self.difficulty_seeds < 0:
+            raise ValueError(f"difficulty_seeds must be >= 0, got {self.difficulty_seeds}")
+        for markers, modulus in self.points():  # each setting's task checks its own fields now, not in a worker
+            self.run.task_config(markers, modulus)
+
+    def points(self) -> list[tuple[tuple, int]]:
+        """(markers, modulus) of the main setting, then the difficulty sweep (mixed m in 1..M; other C)."""
+        points = [(self.run.markers, self.run.modulus)]
+        if self.difficulty_seeds:
+            points += [(tuple(range(1, M + 1)), self.run.modulus) for M in self.sweep_max_markers]
+            points += [(self.run.markers, C) for C in self.sweep_moduli]
+        unique = []
+        for p in points:
+            if p not in unique:
+                unique.append(p)
+        return unique
+
+    def fingerprint(self) -> str:
+        """Names the sweep in the SQLite store: everything that changes a per-seed result except the point
+        (markers, modulus) and the seed."""
+        values = {name: value for name, value in self.run.numbers_fields().items()
+                  if name not in ("markers", "modulus")}
+        values.update(q=self.q, null_draws=self.null_draws, window=self.window, probe_examples=self.probe_examples,
+                      sparsify_k=self.sparsify_k)
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def point_name(markers, modulus) -> str:
+    return f"m={','.join(map(str, markers))} C={modulus}"
+
+
+def block_names(n_layers: int) -> list[str]:
+    return [f"L{layer}.{kind}" for layer in range(n_layers) for kind in BLOCK_KINDS]
+
+
+def stat_matrix(results, names, key, kind=None, field="observed") -> np.ndarray:
+    """(n_seeds, n_blocks) of a block statistic, or of a null comparison's field when kind is given."""
+    if kind is None:
+        return np.array([[r["blocks"][n][key] for n in names] for r in results])
+    return np.array([[r["blocks"][n]["nulls"][kind][key][field] for n in names] for r in results])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention probes at the readout query (the released code's `bubble_metrics` and `eval_with_k`)
+# ----------------------------------------------------------------------------------------------------------
+
+def probe_attention(model, probes: dict, sparsify_k) -> dict:
+    """Per layer, at the readout query T-1 averaged over batch and heads: entropy, top-1/2/4 mass, mass on the
+    marker and value positions; per m the probe accuracy; accuracy with every layer's attention sparsified to
+    its top-k weights (the code's `eval_with_k`), averaged over m."""
+    device = next(model.parameters()).device
+    per_m = []
+    with torch.no_grad():
+        for m, batch in probes.items():
+            batch = batch.to(device)
+            out = model(batch.tokens, return_attention=True)
+            readout = [a[:, :, -1, :].double().cpu().numpy() for a in out.attention]  # (B, heads, T) per layer
+            mask = batch.target_mask.cpu().numpy()[:, None, :]
+            sparse = {k: (model(batch.tokens, top_k=k).logits.argmax(-1) == batch.labels).float().mean().item()
+                      for k in sparsify_k}
+            per_m.append({
+                "m": m,
+                "entropy": [float(geo.attention_entropy(a).mean()) for a in readout],
+                "top1_mass": [float(geo.top_k_mass(a, 1).mean()) for a in readout],
+                "top2_mass": [float(geo.top_k_mass(a, 2).mean()) for a in readout],
+                "top4_mass": [float(geo.top_k_mass(a, 4).mean()) for a in readout],
+                "target_mass": [float(geo.target_mass(a, mask).mean()) for a in readout],
+                "accuracy": (out.logits.argmax(-1) == batch.labels).float().mean().item(),
+                "sparsified_accuracy": sparse,
+            })
+    mean = {key: np.mean([p[key] for p in per_m], axis=0).tolist()
+            for key in ("entropy", "top1_mass", "top2_mass", "top4_mass", "target_mass", "accuracy")}
+    mean["sparsified_accuracy"] = {str(k): float(np.mean([p["sparsified_accuracy"][k] for p in per_m]))
+                                   for k in sparsify_k}
+    mean["accuracy_by_m"] = {str(p["m"]): p["accuracy"] for p in per_m}
+    mean["entropy_by_m"] = {str(p["m"]): p["entropy"] for p in per_m}
+    return mean
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One (setting, seed): train, record, analyse. A picklable task for validate._common.sweep.
+# ----------------------------------------------------------------------------------------------------------
+
+def _block_summary(gram, ambient_dim: int, q: float, null_draws: int, seed: int) -> dict:
+    spectrum = geo.spectrum_from_increment_gram(gram)
+    summary = geo.trajectory_statistics(gram, q)
+    summary["r_q_code"] = float(geo.capped_rank_at_fraction(spectrum, q))
+    singular = np.sqrt(spectrum * (gram.shape[0] + 1))
+    p = singular[singular > 0] / singular.sum()
+    summary["entropy_rank_code"] = float(np.exp(-np.sum(p * np.log(p))))
+    nulls = geo.null_calibration(gram, ambient_dim, q=q, n_draws=null_draws, seed=seed)
+    summary["nulls"] = {kind: {stat: c.as_dict() for stat, c in stats.items()} for kind, stats in nulls.items()}
+    return summary
+
+
+def _window_null(gram, ambient_dim: int, window: int, q: float, n_draws: int, seed: int) -> np.ndarray:
+    """Window-r_q curves of random-walk null trajectories with the observed step norms: (n_draws, n_windows)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([geo.window_dimension_curve(geo.null_increment_gram(gram, "random_walk", ambient_dim, rng),
+                                                window, q) for _ in range(n_draws)])
+
+
+def _saturation_fit(coordinate, entropy, seq_len: int) -> geo.SaturationFit:
+    """The routing saturation fit, with the plateaus kept inside the reachable entropy range [0, ln T]."""
+    return geo.fit_saturation(coordinate, entropy, h_bounds=(0.0, float(np.log(seq_len))))
+
+
+def refit_saturation(config: PartOneConfig, runs: dict, out_dir: str) -> None:
+    """Recompute every stored routing saturation fit from the saved coordinate and entropy series, so that
+    rows stored by an earlier version of the fit are summarised with the current one."""
+    for results in runs.values():
+        for result in results:
+            arrays = np.load(os.path.join(out_dir, result["arrays"]))
+            for routing in result["routing"]:
+                layer = routing["layer"]
+                fit = _saturation_fit(arrays[f"routing:{layer}"], np.array(result["attention"]["entropy"][layer]),
+                                      config.run.seq_len)
+                routing["saturation"] = fit.as_dict()
+
+
+def _first_step_below(series, steps, fraction=0.5) -> int:
+    """t_bubble: first snapshot step with h(t) <= h(0) - fraction (h(0) - min h). Our definition: the paper
+    says bubble timing "correlates with the stabilization of the execution manifold" but defines neither."""
+    series = np.asarray(series)
+    threshold = series[0] - fraction * (series[0] - series.min())
+    return int(steps[int(np.argmax(series <= threshold))])
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """Trains and analyses one (setting, seed); `__call__(items)` is the validate._common.sweep task."""
+    config: PartOneConfig
+    out_dir: str
+    quiet: bool = True
+
+    def __call__(self, items):
+        return [self.run_one(tuple(int(m) for m in point["markers"].split(",")), int(point["modulus"]), seed)
+                for point, seed in items]
+
+    def run_one(self, markers, modulus, seed) -> dict:
+        cfg = self.config
+        torch.set_num_threads(cfg.run.threads)
+        task = cfg.run.task_config(markers, modulus)
+        probes = probe_sets(task, seed, n_examples=cfg.probe_examples)
+        probe_log = []
+        started = time.perf_counter()
+        with progress(cfg.run.steps, f"{point_name(markers, modulus)} seed={seed}", self.quiet) as bar:
+            run = train_with_snapshots(task, cfg.run.model_config(task), cfg.run.train_config(seed),
+                                       on_snapshot=lambda step, model: probe_log.append(
+                                           probe_attention(model, probes, cfg.sparsify_k)),
+                                       progress=bar.update)
+        train_seconds = time.perf_counter() - started
+        result = self.analyse(run, probe_log, seed, markers, modulus)
+        result["seconds"] = {"train": train_seconds, "analysis": time.perf_counter() - started - train_seconds}
+        return result
+
+    def analyse(self, run, probe_log, seed, markers, modulus) -> dict:
+        cfg = self.config
+        steps = run.snapshot_steps
+        grams = {name: geo.increment_gram(X) for name, X in run.trajectories.items()}
+        dims = {name: X.shape[1] for name, X in run.trajectories.items()}
+        blocks = {name: _block_summary(grams[name], dims[name], cfg.q, cfg.null_draws, seed)
+                  for name in grams}
+        joint_gram = sum(grams.values())
+        joint_dim = sum(dims.values())
+        joint = _block_summary(joint_gram, joint_dim, cfg.q, cfg.null_draws, seed)
+        window_curve = geo.window_dimension_curve(joint_gram, cfg.window, cfg.q)
+        window_null = _window_null(joint_gram, joint_dim, cfg.window, cfg.q, cfg.null_draws, seed + 1)
+        collapse = geo.collapse_index(window_curve, window_curve[-1])
+        null_collapse = [geo.collapse_index(c, c[-1]) for c in window_null]
+        null_sd = np.maximum(window_null.std(axis=0, ddof=1), 0.5)  # r_q is an integer: sd floor of half a unit
+        late_z = float(np.mean((window_curve[collapse:] - window_null.mean(axis=0)[collapse:])
+                               / null_sd[collapse:]))
+        joint.update({
+            "prefix_curve": geo.prefix_dimension_curve(joint_gram, cfg.q).tolist(),
+            "window_curve": window_curve.tolist(),
+            "window_null_mean": window_null.mean(axis=0).tolist(),
+            "window_null_sd": window_null.std(axis=0, ddof=1).tolist(),
+            "collapse_index": collapse,
+            "collapse_step": int(steps[collapse + cfg.window - 1]),  # the window ending where it stays low
+            "collapse_fraction": float(steps[collapse + cfg.window - 1] / steps[-1]),
+            "null_collapse_fraction_median": float(np.median([steps[c + cfg.window - 1] / steps[-1]
+                                                              for c in null_collapse])),
+            "late_window_z": late_z,
+        })
+        attention = {key: np.array([p[key] for p in probe_log]).T.tolist()  # (layer, snapshot)
+                     for key in ("entropy", "top1_mass", "top2_mass", "top4_mass", "target_mass")}
+        attention["accuracy"] = [p["accuracy"] for p in probe_log]
+        attention["accuracy_by_m"] = {m: [p["accuracy_by_m"][m] for p in probe_log]
+                                      for m in probe_log[0]["accuracy_by_m"]}
+        attention["entropy_by_m_last_layer"] = {m: [p["entropy_by_m"][m][-1] for p in probe_log]
+                                                for m in probe_log[0]["entropy_by_m"]}
+        attention["sparsified_accuracy_final"] = probe_log[-1]["sparsified_accuracy"]
+        routing = [self.routing_for_layer(layer, run.trajectories, blocks, np.array(attention["entropy"][layer]),
+                                          steps, seed) for layer in range(cfg.run.n_layers)]
+        directions = {name: geo.principal_directions(X, ORIENTATION_K).astype(np.float32)
+                      for name, X in run.trajectories.items()}
+        arrays_path = self.save_arrays(markers, modulus, seed, grams, directions, routing)
+        for r in routing:
+            r.pop("coordinate")
+        t_bubble = _first_step_below(attention["entropy"][-1], steps)
+        return {
+            "snapshot_steps": steps.tolist(),
+            "final_probe_accuracy": attention["accuracy"][-1],
+            "final_train_loss": float(np.mean(run.loss[-max(1, cfg.run.snapshot_every // 5):])),
+            "loss_curve": [float(run.loss[max(0, s - cfg.run.snapshot_every):max(1, s)].mean()) for s in steps],
+            "blocks": blocks, "joint": joint, "attention": attention, "routing": routing,
+            "t_bubble_step": t_bubble, "arrays": arrays_path,
+        }
+
+    def routing_for_layer(self, layer, trajectories, blocks, entropy, steps, seed) -> dict:
+        """The routing coordinate of one layer: among the PC coordinates (k <= r90) of its W_Q and W_K
+        trajectories, the one that best tracks that layer's readout entropy; its saturation fit."""
+        names, columns = [], []
+        for kind in ("W_Q", "W_K"):
+            name = f"L{layer}.{kind}"
+            k = int(max(1, min(blocks[name]["r_q"], len(steps) - 1)))
+            coordinates = geo.pc_coordinates(trajectories[name], k)
+            columns.append(coordinates)
+            names += [f"{name}.PC{j + 1}" for j in range(k)]
+        candidates = np.concatenate(columns, axis=1)
+        found = geo.routing_coordinate(candidates, entropy, n_permutations=2000,
+                                       block_length=max(2, len(steps) // 10), seed=seed)
+        fit = _saturation_fit(found.coordinate, entropy, self.config.run.seq_len)
+        return {"layer": layer, "coordinate_name": names[found.index], "rho": found.rho,
+                "p_value": found.p_value, "time_rho": found.time_rho, "saturation": fit.as_dict(),
+                "entropy_start": float(entropy[0]), "entropy_min": float(entropy.min()),
+                "entropy_final": float(entropy[-1]), "coordinate": found.coordinate}
+
+    def save_arrays(self, markers, modulus, seed, grams, directions, routing) -> str:
+        """Heavy per-seed arrays (top-3 PC directions, increment Grams, routing coordinates) beside the store."""
+        os.makedirs(os.path.join(self.out_dir, "arrays"), exist_ok=True)
+        name = f"{self.config.fingerprint()}_m{''.join(map(str, markers))}_C{modulus}_s{seed}.npz"
+        path = os.path.join(self.out_dir, "arrays", name)
+        payload = {f"dir:{k}": v for k, v in directions.items()}
+        payload.update({f"gram:{k}": v for k, v in grams.items()})
+        payload.update({f"routing:{r['layer']}": r["coordinate"] for r in routing})
+        atomic_savez(path, payload)
+        return os.path.relpath(path, self.out_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every (setting, seed), through the store
+# ----------------------------------------------------------------------------------------------------------
+
+def run_part_one(config: PartOneConfig, out_dir: str, workers: int = 0, scheduler: str | None = None,
+                 fresh: bool = False, quiet: bool = True, log=None) -> dict[str, list[dict]]:
+    """Every (setting, seed) through the SQLite store out_dir/sweep.sqlite (resumable): {setting name: the
+    per-seed results, in seed order}. log(text), if given, reports each batch of runs; a progress bar per run
+    when the runs are computed in this process and not quiet."""
+    os.makedirs(out_dir, exist_ok=True)
+    store = SweepStore(os.path.join(out_dir, "sweep.sqlite"), sweep=f"{SWEEP}-{config.fingerprint()}")
+    task = SeedRun(config, out_dir, quiet=quiet or workers > 0 or scheduler is not None)
+    runs = {}
+    points = [{"markers": ",".join(map(str, markers)), "modulus": modulus} for markers, modulus in config.points()]
+    # the main setting with every seed, then all difficulty settings together with the first few seeds
+    for index, (batch, seeds) in enumerate(((points[:1], config.seeds),
+                                            (points[1:], config.seeds[:config.difficulty_seeds]))):
+        if not batch or not seeds:
+            continue
+        if log is not None:
+            log("; ".join(point_name(p["markers"].split(","), p["modulus"]) for p in batch) + f": seeds {list(seeds)}")
+        rows = run_sweep(task, batch, list(seeds), store, max_workers=workers, scheduler=scheduler,
+                         fresh=fresh and index == 0)  # one sweep name: the first call clears all its rows
+        for row in rows:
+            runs.setdefault(point_name(row["point"]["markers"].split(","), row["point"]["modulus"]), []).append(
+                row["result"])
+    refit_saturation(config, runs, out_dir)
+    return runs
