@@ -5,7 +5,7 @@ import numba
 
 from sim import vector_exp
 
-SOURCE_SHA256 = "e7336c672df79f7d86cc8748425f4c594eb1d3e60f5ddcdae8bcbe3d25018589"
+SOURCE_SHA256 = "ce6fa94026e687b3e7a317ba90561802ba6c98e5c5fb8a280e0c7b09b84733e6"
 
 
 @numba.njit(cache=True)

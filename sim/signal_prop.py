@@ -5,7 +5,7 @@ Nothing here retypes a formula: every map, kernel, integrand and exponent is `sy
 procedure: composite Gauss-Legendre quadrature of Gaussian integrals, Monte Carlo of the finite-n softmax
 expectations, iteration over depth, root finding, and Numba-parallel grids.
 
-Public API (DESIGN.md):
+Public API (other code relies on these names and signatures):
     propagate(h, depth, q0=1.0, rho0=0.5)  -> Trajectory(q, p, rho, jacobian)
     exponents(h)                           -> Exponents(angle, gradient)
     exponent_grid(base, x_field, x_values, y_field, y_values) -> (angle, gradient) 2-D arrays

@@ -18,17 +18,20 @@ the first correction and the expansion ends at eta^4 (g is cubic). `verify_expan
 explicit symbolic losses. The general terms are also given as MatrixSymbol expressions (`leading_term`) so
 that numerical code can evaluate them term by term without retyping them.
 
-Baselines (reference sections 5.5): for a uniformly random K-dim subspace Q of R^P and any fixed delta,
-rho^2 = ||Q Q^T delta||^2 / ||delta||^2 ~ Beta(K/2, (P-K)/2), so E[rho^2] = K/P and
+Baselines (the paper's random-subspace control, section 3.3.2): for a uniformly random K-dim subspace Q
+of R^P and any fixed delta, rho^2 = ||Q Q^T delta||^2 / ||delta||^2 ~ Beta(K/2, (P-K)/2), so E[rho^2] = K/P and
 E[rho] = Gamma((K+1)/2) Gamma(P/2) / (Gamma(K/2) Gamma((P+1)/2)) ~ sqrt(K/P) (the paper's value).
 The block-matched baseline (K_b random directions inside each block b of n_b coordinates) has
-E[rho^2] = sum_b (K_b / n_b) ||delta_b||^2 / ||delta||^2.
+E[rho^2] = sum_b (K_b / n_b) ||delta_b||^2 / ||delta||^2; it is ours, not the paper's: delta is exactly zero on
+parameters that receive no gradient, and a whole-vector baseline counts them.
 
-`python -m theory.commutator` prints the derivation and the two checks.
+`python -m theory.commutator` prints the derivation and the two checks (`--help` for the sections).
 """
 from __future__ import annotations
 
 import sympy as sp
+
+from theory._cli import print_sections, section_parser
 
 eta = sp.Symbol("eta", positive=True)
 
@@ -121,7 +124,8 @@ def parameter_symbols(n: int) -> list:
 
 
 def quadratic_losses(n: int = 2) -> tuple:
-    """L_X = 1/2 theta^T H_X theta - b_X^T theta with symbolic symmetric H_X and b_X (reference section 5.4)."""
+    """L_X = 1/2 theta^T H_X theta - b_X^T theta with symbolic symmetric H_X and b_X: the test case in which
+    the eta^2 term is the whole commutator (T_X = 0 and g_X is affine)."""
     theta = parameter_symbols(n)
     losses = []
     for name in ("A", "B"):
@@ -155,8 +159,8 @@ def bracket_symbols(n=sp.Symbol("P", integer=True, positive=True)) -> dict:
 
 
 def leading_term(n=sp.Symbol("P", integer=True, positive=True)):
-    """eta^2 (H_B g_A - H_A g_B) as a MatAdd of (scalar) * H_X * g_Y products; validate.commutator evaluates
-    each product as a Hessian-vector product."""
+    """eta^2 (H_B g_A - H_A g_B) as a MatAdd of (scalar) * H_X * g_Y products; the validation
+    (validate/_execution_manifold/commutator.py) evaluates each product as a Hessian-vector product."""
     s = bracket_symbols(n)
     return eta ** 2 * s["H_B"] * s["g_A"] - eta ** 2 * s["H_A"] * s["g_B"]
 
@@ -177,7 +181,7 @@ def bracket_products(expression=None) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Normalized defect and random-subspace baselines (reference sections 2.7, 5.4, 5.5)
+# Normalized defect and random-subspace baselines (Xu 2026, section 3.3.2; the block-matched one is ours)
 # ----------------------------------------------------------------------------------------------------------
 
 delta_norm, grad_a_norm, grad_b_norm = sp.symbols("delta_norm grad_a_norm grad_b_norm", nonnegative=True)
@@ -198,7 +202,9 @@ random_subspace_norm_paper = sp.sqrt(K / P)
 
 def block_matched_energy_mean(n_blocks: int):
     """E[rho^2] = sum_b (K_b / n_b) w_b for K_b random orthonormal directions inside each block of n_b
-    coordinates, w_b = ||delta_b||^2 / ||delta||^2 (reference section 5.5). Returns (expression, K_b, n_b, w_b)."""
+    coordinates, w_b = ||delta_b||^2 / ||delta||^2: the paper's baseline restricted to the blocks its
+    execution basis lives in, so that parameters without gradient do not dilute it.
+    Returns (expression, K_b, n_b, w_b)."""
     K_b = sp.symbols(f"K_b0:{n_blocks}", positive=True)
     n_b = sp.symbols(f"n_b0:{n_blocks}", positive=True)
     w_b = sp.symbols(f"w_b0:{n_blocks}", nonnegative=True)
@@ -220,9 +226,7 @@ def _show(title: str, matrix: sp.Matrix) -> None:
         print(f"    {entry}")
 
 
-def main() -> None:
-    print(__doc__.split("\n\n")[0])
-    print()
+def _print_expansion(args=None) -> None:
     print("General expansion of delta = theta_AB - theta_BA:")
     print(f"  leading (eta^2):  {leading_term()}")
     print("  next (eta^3):     -(eta^3/2) (T_B[g_A, g_A] - T_A[g_B, g_B])")
@@ -230,19 +234,41 @@ def main() -> None:
     print(f"  random baseline: E[rho^2] = {random_subspace_energy_mean}, E[rho] = {random_subspace_norm_mean}"
           f"  (paper: {random_subspace_norm_paper})")
     print()
-    for name, builder in (("quadratic", quadratic_losses), ("quartic", quartic_losses)):
-        loss_a, loss_b, theta = builder(2)
-        print(f"{name} losses on R^2:  L_A = {loss_a}")
-        checks = verify_expansion(loss_a, loss_b, theta)
-        for key, residual in checks.items():
-            if key in ("after_leading", "remainder"):
-                power = lowest_eta_power(residual)
-                label = "the eta^2 term" if key == "after_leading" else "the eta^2 and eta^3 terms"
-                print(f"  delta minus {label}: {'zero (exact)' if power is None else f'O(eta^{power})'}")
-            else:
-                print(f"  {key} residual is zero: {all(e == 0 for e in residual)}")
+
+
+def _print_checks(name: str) -> None:
+    loss_a, loss_b, theta = LOSSES[name](2)
+    print(f"{name} losses on R^2:  L_A = {loss_a}")
+    checks = verify_expansion(loss_a, loss_b, theta)
+    for key, residual in checks.items():
+        if key in ("after_leading", "remainder"):
+            power = lowest_eta_power(residual)
+            label = "the eta^2 term" if key == "after_leading" else "the eta^2 and eta^3 terms"
+            print(f"  delta minus {label}: {'zero (exact)' if power is None else f'O(eta^{power})'}")
+        else:
+            print(f"  {key} residual is zero: {all(e == 0 for e in residual)}")
+
+
+def _print_exact(args=None) -> None:
     loss_a, loss_b, theta = quadratic_losses(2)
     _show("quadratic exact delta (n = 2), first component", commutator_exact(loss_a, loss_b, theta)[:1, :])
+
+
+LOSSES = {"quadratic": quadratic_losses, "quartic": quartic_losses}
+# name -> (what it prints, printer), in printing order
+SECTIONS = {
+    "expansion": ("the general expansion, the normalized defect and the random baseline", _print_expansion),
+    "quadratic": ("the expansion checked on two quadratic losses on R^2", lambda args: _print_checks("quadratic")),
+    "quartic": ("the expansion checked on two quartic losses on R^2", lambda args: _print_checks("quartic")),
+    "exact": ("the exact commutator of the quadratic losses", _print_exact),
+}
+
+
+def main(argv=None) -> None:
+    args = section_parser("commutator", __doc__, SECTIONS).parse_args(argv)
+    print(__doc__.split("\n\n")[0])
+    print()
+    print_sections(SECTIONS, args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from functools import lru_cache
 
 import sympy as sp
 
+from theory._cli import print_sections, section_parser
+
 # ---------------------------------------------------------------------------------------------------------
 # Symbols shared by every result
 # ---------------------------------------------------------------------------------------------------------
@@ -61,7 +63,8 @@ backprop_proj = sp.Symbol("f_dot_g", real=True)  # f_n . g
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Data model (Sec. 3.2) and the authors' Dataset2 layout (luckmatters ssl/real-dataset/decoder_only.py)
+# Data model (Sec. 3.2) and the authors' Dataset2 layout (their public code: github.com/facebookresearch/
+# luckmatters, ssl/real-dataset/decoder_only.py)
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SequenceClasses:
@@ -482,39 +485,89 @@ def predicted_snap_times(K_value, M_value, eta_Y_value) -> dict:
     return {"t0_prime": float(t0p.subs(vals)), "t0": float((2 * t0p).subs(vals))}
 
 
-def main() -> None:
-    sp.init_printing(use_unicode=True)
-    print("Scan and snap (Tian, Wang, Chen, Du 2023): SymPy derivations\n")
+def _print_data(args) -> None:
     d = syn_small()
     print(f"Syn-Small: M = {d.n_vocab}, queries {d.queries}, next tokens {d.next_tokens}, "
           f"common {d.common_tokens()}, distinct of class 0 {d.distinct_tokens(0)}")
     print("  P(l|n) on class 0's distinct tokens:", [str(d.probabilities[0][l]) for l in d.distinct_tokens(0)])
-    print("\nLemma 2 (Eqn. 5): c~_{l|n} =", attention_score)
-    print("\nLemma 1 (Eqn. 3) per component:\n  dY_lj/dt =", decoder_velocity, "\n  dz_ml/dt =", attention_velocity)
+
+
+def _print_checks(checks: dict) -> None:
+    for k, val in checks.items():
+        print(f"  [{'ok' if val else 'FAIL'}] {k}")
+
+
+def _print_lemma2(args) -> None:
+    print("Lemma 2 (Eqn. 5): c~_{l|n} =", attention_score)
+
+
+def _print_lemma1(args) -> None:
+    print("Lemma 1 (Eqn. 3) per component:\n  dY_lj/dt =", decoder_velocity, "\n  dz_ml/dt =", attention_velocity)
     v = verify_lemma1(2)
     print("  residual against the symbolic gradient of Eqn. 15 (M = 2):",
           set(v["dY"]) | set(v["dz"]))
+
+
+def _print_lemma6(args) -> None:
     dc = decoder_closed_form()
-    print("\nLemma 6: dh/dt =", decoder_rate)
+    print("Lemma 6: dh/dt =", decoder_rate)
     print("  implicit closed form:", dc["implicit"])
     print("  explicit:  h(t) =", dc["explicit"])
-    for k, val in dc["checks"].items():
-        print(f"  [{'ok' if val else 'FAIL'}] {k}")
-    print("\nEqn. 85: gamma =", speed_coefficient, "(h evaluated at t/K)")
-    print("\nLemma 4 (Eqn. 97), one (n, n') term:", lemma4_attention_velocity)
+    _print_checks(dc["checks"])
+
+
+def _print_eqn85(args) -> None:
+    print("Eqn. 85: gamma =", speed_coefficient, "(h evaluated at t/K)")
+
+
+def _print_lemma4(args) -> None:
+    print("Lemma 4 (Eqn. 97), one (n, n') term:", lemma4_attention_velocity)
     print("  Eqn. 98 residual for distinct tokens:", verify_eqn98()["residual"])
+
+
+def _print_theorem3(args) -> None:
     th3 = verify_theorem3_invariant()
-    print("\nTheorem 3: r_{l/l'|n} =", th3["r"])
+    print("Theorem 3: r_{l/l'|n} =", th3["r"])
     print("  d/dt [ r e^{-2 z_l} ] along Lemma 4 =", th3["derivative_of_invariant"])
+
+
+def _print_sec6(args) -> None:
     sc = snap_closed_forms()
-    print("\nSec. 6 (Eqns. 13, 120-129):\n  z_c(Gamma) =", sc["z_common"], "\n  B_n(Gamma) =", sc["B_of_Gamma"],
+    print("Sec. 6 (Eqns. 13, 120-129):\n  z_c(Gamma) =", sc["z_common"], "\n  B_n(Gamma) =", sc["B_of_Gamma"],
           "\n  Gamma(h) =", sc["Gamma_of_h"], "\n  B_n(h) =", sc["B_of_h"])
-    for k, val in sc["checks"].items():
-        print(f"  [{'ok' if val else 'FAIL'}] {k}")
-    print("\nTheorem 4 (Eqn. 14):")
+    _print_checks(sc["checks"])
+
+
+def _print_theorem4(args) -> None:
+    print("Theorem 4 (Eqn. 14):")
     for k, val in theorem4_regimes().items():
         print(f"  {k}: {val}")
-    print("\nPredicted t0', t0 for Syn-Small (K=2, M=34), eta_Y = 1:", predicted_snap_times(2, 34, 1))
+
+
+def _print_snap_times(args) -> None:
+    print("Predicted t0', t0 for Syn-Small (K=2, M=34), eta_Y = 1:", predicted_snap_times(2, 34, 1))
+
+
+# name -> (what it prints, printer), in the paper's order
+SECTIONS = {
+    "data": ("the Syn-Small classes of Sec. 3.2", _print_data),
+    "lemma2": ("the long-sequence attention, Eqn. 5", _print_lemma2),
+    "lemma1": ("the gradient flow, Eqn. 3, checked against the gradient of Eqn. 15", _print_lemma1),
+    "lemma6": ("the decoder ODE and its closed form", _print_lemma6),
+    "eqn85": ("the speed-control coefficient gamma", _print_eqn85),
+    "lemma4": ("the attention-logit ODE, Eqns. 97-98", _print_lemma4),
+    "theorem3": ("the invariant of Eqn. 11", _print_theorem3),
+    "sec6": ("the common-token ODE, Gamma(t) and B_n(t), Eqns. 13, 120-129", _print_sec6),
+    "theorem4": ("the scanning and snapping regimes of B_n, Eqn. 14", _print_theorem4),
+    "snap-times": ("the predicted t0' and t0 of Syn-Small", _print_snap_times),
+}
+
+
+def main(argv=None) -> None:
+    args = section_parser("scan_snap", __doc__, SECTIONS).parse_args(argv)
+    sp.init_printing(use_unicode=True)
+    print("Scan and snap (Tian, Wang, Chen, Du 2023): SymPy derivations\n")
+    print_sections(SECTIONS, args)
 
 
 if __name__ == "__main__":

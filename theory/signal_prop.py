@@ -1,9 +1,9 @@
 """Token geometry through a deep random transformer, derived in SymPy.
 
 Cowsik, Nebabu, Qi, Ganguli (2024), "Geometric dynamics of signal propagation predict trainability of
-transformers", arXiv:2403.02579. The paper's body equations are not public (see
-../shared/references/signal_propagation.md); everything here is derived for the canonical block of
-DESIGN.md, which is our reconstruction of theirs:
+transformers", arXiv:2403.02579. Only the paper's abstract and a few quoted sentences (Secs. 3.3-3.4) were
+available to us, not its body equations, so everything here is derived for the canonical block below: our
+reconstruction of the paper's block (Sec. 2, Eq. 4 and Figure 1, as third-party re-implementations read them):
 
     H = LN(X);  S = (H W_Q)(H W_K)^T / sqrt(d);  A = softmax(S);   X <- a_A X + alpha_A A H W_V
     H = LN(X);                                                      X <- a_M X + alpha_M phi(H W_1) W_2
@@ -30,14 +30,17 @@ Everything a user needs is a module-level SymPy expression or a function returni
     >>> sp_theory.mlp_kernel("erf").value     # p_M(rho) in closed form
     >>> sp_theory.block_map(attention="large_n").p_out.subs(...)
 
-`python -m theory.signal_prop` prints the main results.
+`python -m theory.signal_prop` prints the main results (`--help` for the sections it can print).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
 import sympy as sp
+
+from theory._cli import print_sections, section_parser
 
 # ----------------------------------------------------------------------------------------------------
 # Symbols
@@ -76,7 +79,7 @@ def standard_normal_density(x):
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockParams:
-    """Initialisation hyperparameters of the canonical block (DESIGN.md), validated on construction.
+    """Initialisation hyperparameters of the canonical block (module docstring), validated on construction.
 
     `activation` is "tanh", "erf", "relu", or a one-variable `sympy.Lambda` (any phi; its MLP kernel is
     then a Gaussian quadrature of the compiled Lambda).
@@ -511,28 +514,59 @@ def no_mlp_contraction():
 # ----------------------------------------------------------------------------------------------------
 # Printing
 # ----------------------------------------------------------------------------------------------------
-def main():
-    sp.init_printing(use_unicode=True)
-    pretty = sp.pretty
-    print("Canonical block (DESIGN.md); limits: [W] d -> oo, [S] symmetric simplex, [N] n -> oo.\n")
+def _print_attention(args):
     print("Logit covariance check (all zero):", logit_decomposition_check())
     print("Logit std within a row: shared", logit_shared_std, ", private", logit_private_std, "\n")
     print("Attention branch Gram [W], finite n:")
     print("  q_A =", attention_q, "\n  p_A =", attention_p)
     print("  limit [N]: m_self ->", attention_moments_large_n[attn_self],
           ", m_cross ->", attention_moments_large_n[attn_cross], "\n")
-    for act in ACTIVATIONS:
-        k = mlp_kernel(act)
+
+
+def _print_mlp(args):
+    for act in args.activation:
         print(f"MLP kernel ({act}): p_M(rho) =")
-        print(pretty(k.value), "\n")
+        print(sp.pretty(mlp_kernel(act).value), "\n")
+
+
+def _print_exponents(args):
     print("Collapse rho = 1 is a fixed point: p_out - q_out =", collapse_is_fixed_point(), "\n")
     print("Angle exponent, e^{lambda_a} at collapse [W][S], any n:")
-    print(pretty(angle_multiplier), "\n")
+    print(sp.pretty(angle_multiplier), "\n")
     print("Gradient exponent, e^{lambda_g} (common mode) at collapse [W][S], any n:")
-    print(pretty(gradient_multiplier), "\n")
-    print("Normalized residual: collapsed norm q* =", pretty(q_star_collapse), "\n")
+    print(sp.pretty(gradient_multiplier), "\n")
+    print("Normalized residual: collapsed norm q* =", sp.pretty(q_star_collapse), "\n")
+
+
+def _print_no_mlp(args):
     excess, signed, negative = no_mlp_contraction()
     print("No MLP: epsilon1/epsilon - 1 =", signed, " negative:", negative)
+
+
+# name -> (what it prints, printer), in printing order
+SECTIONS = {
+    "attention": ("the logit covariance and the attention branch Gram", _print_attention),
+    "mlp": ("the MLP kernels p_M(rho) of the --activation functions", _print_mlp),
+    "exponents": ("collapse as a fixed point, the angle and gradient exponents, the collapsed norm",
+                  _print_exponents),
+    "no-mlp": ("the contraction of every angle without the MLP", _print_no_mlp),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = section_parser("signal_prop", __doc__, SECTIONS)
+    parser.add_argument("--activation", nargs="+", choices=ACTIVATIONS, default=list(ACTIVATIONS),
+                        metavar="PHI",
+                        help=f"activations of the mlp section, from {', '.join(ACTIVATIONS)} "
+                             f"(default: {' '.join(ACTIVATIONS)})")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    sp.init_printing(use_unicode=True)
+    print("Canonical block (module docstring); limits: [W] d -> oo, [S] symmetric simplex, [N] n -> oo.\n")
+    print_sections(SECTIONS, args)
 
 
 if __name__ == "__main__":
