@@ -1,4 +1,4 @@
-"""Speed of the random-walk null model of validate.geometry (reference section 5.2, N1).
+"""Speed of the random-walk null model (N1) of validate.geometry, the null that calibrates Xu (2026)'s r90.
 
 Claim: a null draw from the Wishart (Bartlett) Gram matrix costs O(n^3) whatever the block size D, while the
 direct way (draw n-1 isotropic increments in R^D, rescale to the observed norms, form their Gram matrix) costs
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from validate import geometry as geo
+from validate._execution_manifold import geometry as geo
 
 
 def _direct_null_gram(gram, ambient_dim, rng):
@@ -48,10 +48,8 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main(quick: bool = False) -> list[dict]:
-    return run(quick)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the flags of `python -m benchmarks`, for this benchmark alone
     import sys
-    main(quick="--quick" in sys.argv)
+
+    from benchmarks.__main__ import main as run_benchmarks
+    sys.exit(run_benchmarks(only="execution_manifold"))

@@ -3,8 +3,8 @@
 One run measures, on this machine:
   1. the default grid's models (every (point, seed) of `python -m validate.phase_diagram`'s defaults: same
      model, batch of sequences, task, workers and threads) trained for a few steps exactly the way the
-     command does it: validate.sweep over the local worker processes, ``models_per_batch`` models trained
-     together per task as one stacked module (validate.batched_train.train_batched);
+     command does it: validate._common.sweep over the local worker processes, ``models_per_batch`` models
+     trained together per task as one stacked module (validate._signal_prop.batched_train.train_batched);
   2. the same models, same steps, same sweep and workers, but one model per task trained through its own
      forward (train_sequential): the sequential loop, the baseline;
   3. a dense fp32 1024^3 matmul in each worker process at the same thread count, summed over the workers:
@@ -15,7 +15,7 @@ the matmul rate. Both sides of each ratio run in the same run, on the same warm 
 machine the contention hits both (best of ``repeats``).
 
 ``python -m benchmarks.bench_phase_diagram --profile`` prints where a model-step's time goes instead
-(profile_rows): README's table behind the speed-up.
+(profile): README's table behind the speed-up.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import time
 
 import torch
 
-from validate.batched_train import TrainPoints, params_at, train_batched, train_sequential, training_step_flops
-from validate.phase_diagram import PhaseDiagramConfig
-from validate.sweep import SweepStore, make_executor, run_sweep
+from validate._common.sweep import SweepStore, make_executor, run_sweep
+from validate._signal_prop.batched_train import (TrainPoints, params_at, train_batched, train_sequential,
+                                                 training_step_flops)
+from validate._signal_prop.phase_experiment import PhaseDiagramConfig
 
 
 def dense_matmul_flop_rate(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
@@ -136,7 +137,7 @@ def _profiled_step_ms(trainer, points: list, seeds: list, train) -> dict:
             "other ATen ops": ops - matmuls - optimizer, "Python, autograd, dispatch": profiled_wall - ops}
 
 
-def profile_rows(models: int = 12, steps: int = 20) -> list[dict]:
+def profile(models: int = 12, steps: int = 20) -> list[dict]:
     """README's table: where one model-step goes, sequential loop against the stacked module (one thread)."""
     cfg = PhaseDiagramConfig()
     train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, test_size=8, threads=1)
@@ -152,13 +153,8 @@ def profile_rows(models: int = 12, steps: int = 20) -> list[dict]:
     return rows
 
 
-def main(quick: bool = False) -> list[dict]:
-    return run(quick)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the flags of `python -m benchmarks`, for this benchmark alone
     import sys
-    if "--profile" in sys.argv:
-        profile_rows()
-    else:
-        main(quick="--quick" in sys.argv)
+
+    from benchmarks.__main__ import main as run_benchmarks
+    sys.exit(run_benchmarks(only="phase_diagram"))

@@ -153,5 +153,8 @@ def run(quick: bool = False):
     return rows
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # the flags of `python -m benchmarks`, for this benchmark alone
+    import sys
+
+    from benchmarks.__main__ import main as run_benchmarks
+    sys.exit(run_benchmarks(only="signal_prop"))
