@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -148,3 +149,48 @@ def test_parse_folds_seed_into_seeds_and_seed_beats_the_quick_seeds():
     assert cli.parse(parser, ["--quick"], quick=quick).seeds == (1,)
     assert cli.parse(parser, ["--quick", "--seed", "7"], quick=quick).seeds == (7,)
     assert cli.parse(parser, ["--quick", "--seeds", "4", "5"], quick=quick).seeds == (4, 5)
+
+
+# The smallest run of each command that still goes through every stage (train, measure, judge, plot, write).
+TINY_RUNS = {
+    "signal_prop": ["--width", "16", "--depth", "2", "--networks", "2", "--probes", "1", "--n-tokens", "4",
+                    "--settings", "normalized-ordered"],
+    "phase_diagram": ["--grid", "2", "2", "--map-points", "4", "--depth", "1", "--width", "8", "--d-ff", "8",
+                      "--steps", "4", "--batch", "4", "--test-size", "8", "--eval-every", "2", "--workers", "0",
+                      "--models-per-batch", "4"],
+    "scan_snap": ["--quick", "--steps", "10", "--theory-steps", "30", "--snap-steps", "20"],
+    "scan_snap_sweep": ["--next-tokens", "2", "--lr-z", "1", "--ratios", "1", "2", "--seeds", "1", "2",
+                        "--steps", "10", "--workers", "0"],
+    "execution_manifold": ["--steps", "60", "--snapshot-every", "6", "--seeds", "0", "--n-layers", "1",
+                           "--d-model", "16", "--n-heads", "2", "--batch-size", "32", "--null-draws", "20",
+                           "--window", "4", "--difficulty-seeds", "0", "--lr", "3e-3", "--commutator-samples", "2",
+                           "--sae-steps", "20", "--sae-examples", "256", "--sae-d", "16", "--sae-k", "4",
+                           "--ablation-sizes", "1", "2"],
+}
+RECORD_KEYS = {"command", "argv", "package_version", "git_commit", "config", "versions", "timings_s", "metrics",
+               "verdicts", "all_pass"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_writes_one_strict_json_record_and_leaves_figures_alone(command, tmp_path, monkeypatch,
+                                                                              capsys):
+    from validate._common import reporting
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    monkeypatch.setattr(reporting, "REPOSITORY_FIGURES", str(figures))
+    argv = TINY_RUNS[command] + ["--quiet", "--out", str(tmp_path / "out")]
+    assert importlib.import_module(f"validate.{command}").main(argv) == 0
+
+    def refuse(token):
+        raise AssertionError(f"{command}: non-strict JSON token {token}")
+
+    record = json.loads((tmp_path / "out" / f"{command}.json").read_text(), parse_constant=refuse)
+    assert RECORD_KEYS <= set(record) and record["command"] == command and record["argv"] == argv
+    assert record["verdicts"] and all(set(row) == set(reporting.COLUMNS) for row in record["verdicts"])
+    assert {row["verdict"] for row in record["verdicts"]} <= set(reporting.VERDICTS)
+    assert record["all_pass"] == all(row["verdict"] != "FAIL" for row in record["verdicts"])
+    assert record["timings_s"]["total"] > 0
+    assert list(figures.iterdir()) == []  # a toy run never rewrites the repository's figures
+    printed = capsys.readouterr().out
+    assert printed.count("verdict") == 1 and "wrote" in printed.splitlines()[-1]  # one table, then the summary

@@ -78,15 +78,15 @@ def run(cfg: ScanSnapConfig, out_dir: str, *, quiet: bool = False, publish: bool
     start = time.perf_counter()
     with reporting.progress(cfg.progress_total(), COMMAND, quiet) as bar:
         authors = experiment.authors_regime(cfg, bar.update)
-        timings["authors_regime_s"] = time.perf_counter() - start
+        timings["authors_regime"] = time.perf_counter() - start
         theory = experiment.theory_regime(cfg, bar.update)
-        timings["theory_regime_s"] = time.perf_counter() - start - timings["authors_regime_s"]
+        timings["theory_regime"] = time.perf_counter() - start - timings["authors_regime"]
     rows = experiment.verdicts(cfg, authors, theory)
     figures_start = time.perf_counter()
     paths = scan_snap_figures(cfg, authors, theory, out_dir)
     reporting.publish_figures(paths, publish)
-    timings["figures_s"] = time.perf_counter() - figures_start
-    timings["total_s"] = time.perf_counter() - start
+    timings["figures"] = time.perf_counter() - figures_start
+    timings["total"] = time.perf_counter() - start
     record = reporting.make_record(COMMAND, argv, cfg, experiment.metrics(cfg, authors, theory), rows, timings,
                                    figures=[os.path.basename(p) for p in paths], integrator=experiment.INTEGRATOR)
     return record

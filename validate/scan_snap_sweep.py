@@ -81,7 +81,7 @@ def run(cfg: SweepConfig, out_dir: str, *, workers: int = 1, scheduler: str | No
     reporting.publish_figures([path], publish)
     metrics = {"entropy_mean": mean, "entropy_sem": se,
                "entropy_start_mean": float(np.mean([r["result"]["entropy_start"] for r in rows]))}
-    timings = {"wall_this_run": wall, "compute_all_rows": float(sum(r["elapsed_s"] for r in rows))}
+    timings = {"total": wall, "training_in_all_stored_rows": float(sum(r["elapsed_s"] for r in rows))}
     return reporting.make_record(COMMAND, argv, cfg.record(), metrics, fig6.verdicts(mean, se, cfg), timings,
                                  sweep=cfg.store_name(), figures=[os.path.basename(path)])
 
