@@ -5,7 +5,7 @@ import numba
 
 from sim import vector_exp
 
-SOURCE_SHA256 = "ce6fa94026e687b3e7a317ba90561802ba6c98e5c5fb8a280e0c7b09b84733e6"
+SOURCE_SHA256 = "2c3d80382cbe890100f3408774499380e35607f4bf818a5ab2fe97c3500fc21d"
 
 
 @numba.njit(cache=True)

@@ -34,6 +34,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import pycode
 
+from sim import vector_exp
 from theory import scan_snap as th
 
 
@@ -72,12 +73,29 @@ _GENERATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_sna
 
 
 def _source_digest() -> str:
-    """SHA-256 of what the generated module is made from: theory/scan_snap.py and the generator's own code."""
+    """SHA-256 of what the generated module's machine code is made from: theory/scan_snap.py, the generator's
+    own code and sim/vector_exp.py (whose exp the generated formulas call)."""
     digest = hashlib.sha256()
-    with open(th.__file__, "rb") as fh:
-        digest.update(fh.read())
+    for path in (th.__file__, vector_exp.__file__):
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
     digest.update(inspect.getsource(generate_formulas_module).encode())
     return digest.hexdigest()
+
+
+def _drop_compiled_callers() -> None:
+    """Delete the on-disk Numba cache of this module and of the generated one. Numba keys a cached function on
+    its own file only, so machine code that inlined an older generated formula would otherwise be reused after
+    the formulas change."""
+    cache_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+    if not os.path.isdir(cache_dir):
+        return
+    for name in os.listdir(cache_dir):
+        if name.startswith(("scan_snap.", "_scan_snap_formulas.")) and name.endswith((".nbi", ".nbc")):
+            try:
+                os.remove(os.path.join(cache_dir, name))
+            except OSError:
+                pass  # another process removed it first
 
 
 def generate_formulas_module(path: str = _GENERATED) -> None:
@@ -111,6 +129,7 @@ def _load_formulas():
     except ImportError:
         pass
     generate_formulas_module()
+    _drop_compiled_callers()
     import sim._scan_snap_formulas as mod
     return importlib.reload(mod)
 
