@@ -20,6 +20,12 @@ COMMANDS = ("signal_prop", "phase_diagram", "scan_snap", "scan_snap_sweep", "exe
 THEORY = ("theory.signal_prop", "theory.scan_snap", "theory.commutator")
 
 
+@pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path, monkeypatch):
+    """cli.parse creates --out (default runs/<command>) up front: keep that out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _readme_modules() -> set[str]:
     return set(re.findall(r"python -m ((?:validate|theory|benchmarks)[\w.]*)", (REPO / "README.md").read_text()))
 

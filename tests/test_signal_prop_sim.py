@@ -1,6 +1,5 @@
 """sim.signal_prop: compiled numerics against SymPy at 30 digits, quadrature convergence, Monte Carlo
 moments against their exact limits, and the API contract."""
-import math
 
 import mpmath
 import numpy as np

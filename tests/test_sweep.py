@@ -105,14 +105,16 @@ def test_bad_arguments_raise_value_error(tmp_path, bad, message):
 KILLED_RUN = """
 from tests.test_sweep import LoggedTask, POINTS, SEEDS
 from validate._common.sweep import SweepStore, run_sweep
-run_sweep(LoggedTask({log!r}, sleep_s=0.25), POINTS, SEEDS, SweepStore({store!r}, "kill"), max_workers=2)
+run_sweep(LoggedTask({log!r}, sleep_s=0.25), POINTS, SEEDS, SweepStore({store!r}, "kill"), max_workers={workers})
 """
 
 
-def test_sigkill_midway_then_rerun_stores_every_pair_once_and_recomputes_none(tmp_path):
+@pytest.mark.parametrize("workers", [2, 0], ids=["worker processes", "inline"])
+def test_sigkill_midway_then_rerun_stores_every_pair_once_and_recomputes_none(tmp_path, workers):
+    """With either executor, each batch is stored as it finishes: a rerun after SIGKILL computes only the rest."""
     store_path, log1, log2 = tmp_path / "s.sqlite", tmp_path / "first.log", tmp_path / "second.log"
     SweepStore(store_path, "kill")  # create the schema so the poll below can read it
-    script = textwrap.dedent(KILLED_RUN).format(log=str(log1), store=str(store_path))
+    script = textwrap.dedent(KILLED_RUN).format(log=str(log1), store=str(store_path), workers=workers)
     # its own session, so SIGKILL goes to the whole run: the driver and its worker processes
     run = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True)
     total = len(POINTS) * len(SEEDS)
@@ -127,7 +129,7 @@ def test_sigkill_midway_then_rerun_stores_every_pair_once_and_recomputes_none(tm
     assert total // 3 <= len(stored_at_kill) < total, "the kill should land midway"
 
     store = SweepStore(store_path, "kill")
-    rows = run_sweep(LoggedTask(str(log2)), POINTS, SEEDS, store, max_workers=2)
+    rows = run_sweep(LoggedTask(str(log2)), POINTS, SEEDS, store, max_workers=workers)
 
     pairs = stored_pairs(store_path, "kill")
     assert len(pairs) == total and len(set(pairs)) == total  # every pair present exactly once
@@ -151,3 +153,144 @@ def test_dask_local_cluster_stores_the_same_rows_as_local_processes(tmp_path):
         [(r["point"], r["seed"], r["result"]["value"]) for r in remote_rows]
     # the Dask rows really came from the cluster's worker processes, not from this one
     assert {r["result"]["pid"] for r in remote_rows}.isdisjoint({os.getpid()})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _worker_pids(log: Path, parent: int) -> set[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+    return {int(pid) for pid in children.split()}
+
+
+def test_workers_end_with_their_parent_when_it_is_killed(tmp_path):
+    """SIGKILL of the sweep's own process only (not its group): its workers notice and exit, none stay idle."""
+    store_path, log = tmp_path / "s.sqlite", tmp_path / "run.log"
+    SweepStore(store_path, "kill")
+    script = textwrap.dedent(KILLED_RUN).format(log=str(log), store=str(store_path), workers=2)
+    run = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True)
+    try:
+        _wait_for(lambda: len(stored_pairs(store_path, "kill")) >= 2, 120, "the sweep made no progress")
+        workers = _worker_pids(log, run.pid)
+        assert workers, "no worker processes found"
+        run.kill()
+        run.wait()
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), 10, "workers outlived their parent")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path):
+    store_path, log = tmp_path / "s.sqlite", tmp_path / "run.log"
+    SweepStore(store_path, "kill")
+    script = textwrap.dedent(KILLED_RUN).format(log=str(log), store=str(store_path), workers=2)
+    run = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: len(stored_pairs(store_path, "kill")) >= 2, 120, "the sweep made no progress")
+        workers = _worker_pids(log, run.pid)
+        kept = len(stored_pairs(store_path, "kill"))
+        start = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+        assert time.monotonic() - start < 5, "Ctrl-C did not stop the sweep at once"
+        assert run.returncode != 0 and "KeyboardInterrupt" in stderr
+        assert len(stored_pairs(store_path, "kill")) >= kept  # nothing finished was lost
+        assert len(stored_pairs(store_path, "kill")) < len(POINTS) * len(SEEDS)  # and it did not run on
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), 10, "workers outlived the interrupted sweep")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+HOLD_STORE = """
+import sys, time
+from validate._common.sweep import SweepStore
+with SweepStore({store!r}, "other").lock():
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_on_a_store_in_use_is_refused(tmp_path):
+    from validate._common.sweep import StoreInUse
+
+    store_path = tmp_path / "s.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_STORE).format(store=str(store_path))],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(StoreInUse, match=f"in use by another run \\(pid {holder.pid}\\)"):
+            run_sweep(LoggedTask(str(tmp_path / "x.log")), POINTS[:2], SEEDS, SweepStore(store_path, "mine"),
+                      max_workers=0)
+        assert not (tmp_path / "x.log").exists()  # refused before computing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone, the store is free again, and the lock is re-entrant within one process
+    store = SweepStore(store_path, "mine")
+    with store.lock():
+        run_sweep(LoggedTask(str(tmp_path / "x.log")), POINTS[:2], SEEDS, store, max_workers=0)
+    assert len(stored_pairs(store_path, "mine")) == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is not a database, just some bytes" * 100, "not a sweep store"),
+    (None, "foreign SQLite database"),
+])
+def test_a_file_that_is_not_a_sweep_store_is_named_before_any_compute(tmp_path, content, message):
+    path = tmp_path / "s.sqlite"
+    if content is None:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE people (name TEXT)")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        SweepStore(path, "x")
+    with pytest.raises(ValueError, match="is a directory"):
+        SweepStore(tmp_path, "x")
+
+
+def test_inline_sweep_stores_each_batch_before_the_next_starts(tmp_path):
+    """A task that fails on its third batch leaves the first two stored (in this process, no pool)."""
+    store = SweepStore(tmp_path / "s.sqlite", "inline")
+    calls = []
+
+    def task(items):
+        calls.append(items)
+        if len(calls) == 3:
+            raise RuntimeError("third batch fails")
+        return [{"value": expected_value(p, s)} for p, s in items]
+
+    with pytest.raises(RuntimeError, match="third batch"):
+        run_sweep(task, POINTS[:3], SEEDS, store, max_workers=0, batch_size=2)
+    assert len(stored_pairs(tmp_path / "s.sqlite", "inline")) == 4
+
+
+@pytest.mark.parametrize("address, message", [
+    ("nonsense", "expected tcp://HOST:PORT"), ("tcp://127.0.0.1:99999", "expected tcp://HOST:PORT"),
+    ("tcp://127.0.0.1:1", "no scheduler answers"),
+])
+def test_scheduler_addresses_are_checked_with_a_short_timeout(address, message):
+    from validate._common.sweep import check_scheduler
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        check_scheduler(address, timeout=1.0)
+    assert time.monotonic() - start < 5

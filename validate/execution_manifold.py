@@ -23,7 +23,7 @@ import sys
 import time
 
 from validate._common import cli
-from validate._common.reporting import format_table, make_record, publish_figures, summary_line, write_record
+from validate._common.reporting import make_record, publish_figures, report
 from validate._execution_manifold.claims import part_one_claims, part_two_claims
 from validate._execution_manifold.figures import part_one_figures, part_two_figures
 from validate._execution_manifold.modular import MLP_MODES
@@ -186,17 +186,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = cli.parse(parser, argv, quick=QUICK)
     one, two = cli.config_or_exit(parser, lambda: build_configs(args))
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out!r} exists and is not a directory")
+    cli.open_store(COMMAND, os.path.join(args.out, "sweep.sqlite"), COMMAND)
     record = run(one, two, args.out, part_one=args.part != "two", workers=args.workers, scheduler=args.scheduler,
                  fresh=args.fresh, quiet=args.quiet, argv=argv)
-    path = write_record(record, args.out)
     publish_figures([os.path.join(args.out, name) for name in record["figures"]],
                     args.update_figures or is_default_experiment(args))
-    print(format_table(record["verdicts"]))
-    print(summary_line(record["verdicts"], time.perf_counter() - started, path))
+    report(record, args.out, time.perf_counter() - started)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command(COMMAND, main))

@@ -165,6 +165,7 @@ def parse_config(argv=None) -> tuple[PhaseDiagramConfig, object]:
 
 def main(argv=None) -> int:
     cfg, args = parse_config(argv)
+    cli.open_store(COMMAND, cfg.store_path(), cfg.sweep_name())
     record = run(cfg, argv=sys.argv[1:] if argv is None else argv, quiet=args.quiet,
                  update_figures=args.update_figures)
     print(format_table(record["verdicts"]))
@@ -174,4 +175,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command(COMMAND, main))

@@ -100,11 +100,9 @@ def main(argv=None) -> int:
     is_default = replace(cfg, device=ScanSnapConfig().device) == ScanSnapConfig()
     start = time.perf_counter()
     record = run(cfg, args.out, quiet=args.quiet, publish=args.update_figures or is_default, argv=argv)
-    path = reporting.write_record(record, args.out)
-    print(reporting.format_table(record["verdicts"]))
-    print(reporting.summary_line(record["verdicts"], time.perf_counter() - start, path))
+    reporting.report(record, args.out, time.perf_counter() - start)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command(COMMAND, main))

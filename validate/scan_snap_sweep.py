@@ -90,16 +90,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = cli.parse(parser, argv, quick=QUICK)
     cfg = cli.config_or_exit(parser, lambda: config_from_args(args))
+    cli.open_store(COMMAND, os.path.join(args.out, "sweep.sqlite"), cfg.store_name())
     # the default experiment (where it runs aside) is what README shows: it alone refreshes figures/
     is_default = replace(cfg, device=SweepConfig().device) == SweepConfig()
     start = time.perf_counter()
     record = run(cfg, args.out, workers=args.workers, scheduler=args.scheduler, fresh=args.fresh, quiet=args.quiet,
                  publish=args.update_figures or is_default, argv=argv)
-    path = reporting.write_record(record, args.out)
-    print(reporting.format_table(record["verdicts"]))
-    print(reporting.summary_line(record["verdicts"], time.perf_counter() - start, path))
+    reporting.report(record, args.out, time.perf_counter() - start)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command(COMMAND, main))

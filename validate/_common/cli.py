@@ -20,6 +20,10 @@ import math
 import os
 import re
 import sys
+import tempfile
+
+from validate._common.reporting import TEMPORARY_PREFIX
+from validate._common.sweep import StoreInUse, SweepStore, check_scheduler
 
 SEED_LIMIT = 2 ** 63  # seeds are stored as SQLite INTEGERs and fed to torch.Generator.manual_seed: int64
 COMMON_FLAGS = ("out", "seeds", "seed", "quick", "device", "workers", "threads", "scheduler", "fresh", "quiet",
@@ -218,8 +222,67 @@ def parse(parser: argparse.ArgumentParser, argv=None, quick: dict | None = None)
     for name, value in vars(args).items():
         if isinstance(value, list):
             setattr(args, name, tuple(value))
+    try:
+        if getattr(args, "out", None) is not None:
+            prepare_output_directory(args.out)
+        if getattr(args, "scheduler", None) is not None:
+            check_scheduler(args.scheduler)
+    except ValueError as error:
+        parser.error(str(error))
     args.explicit = frozenset(explicit)
     return args
+
+
+def prepare_output_directory(path: str) -> str:
+    """Create --out if needed and make sure this run can write there, before any compute; remove the temporary
+    files a killed write left behind (the atomic writers' ".tmp-" files). ValueError in one line otherwise."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {path!r}: cannot write there ({error.strerror or error})") from None
+    for name in os.listdir(path):
+        if name.startswith(TEMPORARY_PREFIX):
+            try:
+                os.remove(os.path.join(path, name))
+            except OSError:
+                pass  # gone already, or not ours to remove: harmless either way
+    return path
+
+
+def fail(command: str, message: str):
+    """End `python -m validate.<command>` with one line and exit code 2, as argparse does for a bad flag."""
+    print(f"python -m validate.{command}: error: {message} (see --help)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def open_store(command: str, path: str, sweep: str) -> SweepStore:
+    """The sweep store at `path`, checked before any compute: a file that is not a sweep store, or one another
+    run is using, ends the command with one line and exit code 2."""
+    try:
+        store = SweepStore(path, sweep)
+        with store.lock():
+            pass
+        return store
+    except (ValueError, StoreInUse) as error:
+        fail(command, str(error))
+
+
+def run_command(command: str, main, argv=None) -> int:
+    """main(argv), with the ends a user may cause turned into one line instead of a traceback: Ctrl-C (what
+    finished is kept, exit 130) and a store another run holds (exit 2)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"python -m validate.{command}: interrupted; every finished run is kept in the store, and running "
+              "the same command again resumes", file=sys.stderr)
+        return 130
+    except StoreInUse as error:  # another run took the store after open_store checked it
+        print(f"python -m validate.{command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def config_or_exit(parser: argparse.ArgumentParser, build):

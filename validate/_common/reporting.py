@@ -29,6 +29,7 @@ import numpy as np
 VERDICTS = ("PASS", "FAIL", "INFO")
 # the table's columns, in order; a column that is empty in every row is left out
 COLUMNS = ("claim", "measure", "quantity", "prediction", "measurement", "tolerance", "verdict")
+TEMPORARY_PREFIX = ".tmp-"  # what the atomic writers call their temporary files; a later run removes strays
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPOSITORY_FIGURES = os.path.join(REPOSITORY, "figures")
 
@@ -130,6 +131,15 @@ def format_table(rows, width: int | None = None) -> str:
     return "\n".join(out)
 
 
+def report(record: dict, out_dir: str, seconds: float) -> str:
+    """How every command ends: write the record to out_dir, print the verdict table and the summary line; returns
+    the JSON's path."""
+    path = write_record(record, out_dir)
+    print(format_table(record["verdicts"]))
+    print(summary_line(record["verdicts"], seconds, path))
+    return path
+
+
 def summary_line(rows, seconds: float, wrote: str) -> str:
     """The last line every command prints: how the verdicts came out, how long it took, where the JSON is."""
     rows = [_as_verdict(r) for r in rows]
@@ -228,7 +238,7 @@ def _atomic_replace(path: str, suffix: str, write) -> None:
     """write(temporary_path) into a temporary file beside `path`, then rename it over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX, suffix=suffix)
     os.close(handle)
     try:
         write(temporary)

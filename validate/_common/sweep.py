@@ -9,9 +9,13 @@ Every validate command that scans a grid reuses this module:
 - ``task(items)`` receives a list of ``(point, seed)`` pairs (``point`` a dict of JSON scalars) and returns one
   JSON-serializable result dict per pair, in order. Batches let a task train many models together
   (validate._signal_prop.batched_train); ``batch_size=1`` is the classic one-point-per-call sweep.
-- Rows are written by this (the submitting) process only, one transaction per finished batch, so a crash or a
-  SIGKILL loses at most the batches still in flight; stored rows are never half-written (SQLite transactions,
-  WAL journal, synchronous=FULL).
+- Rows are written by this (the submitting) process only, one transaction per finished batch, with every
+  executor (the inline one too), so a crash, a Ctrl-C or a SIGKILL loses at most the batches still in flight;
+  stored rows are never half-written (SQLite transactions, WAL journal, synchronous=FULL). Ctrl-C stops at once:
+  worker processes are terminated, and a worker whose parent died exits by itself.
+- One sweep at a time per store file: a second run on a store in use raises StoreInUse (its message names the
+  file and the holder's pid), so two runs never compute the same rows. A file that is not a sweep store (not
+  SQLite, or a database of other tables) raises ValueError before anything is computed.
 - A rerun skips every (point, seed) already stored for the same ``sweep`` name; ``fresh=True`` deletes that
   sweep's rows first. The ``sweep`` name should identify everything besides the point and seed that changes a
   result (validate.phase_diagram uses a hash of its training configuration), so incompatible rows never mix.
@@ -24,11 +28,16 @@ Every validate command that scans a grid reuses this module:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
+import fcntl
 import json
 import math
 import multiprocessing
 import os
+import re
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +46,8 @@ from typing import Any
 Point = Mapping[str, Any]
 Item = tuple[dict, int]
 Task = Callable[[list[Item]], list[dict]]
+_LOCKS: dict[str, list] = {}  # realpath -> [open lock file, depth]: the stores this process holds
+_LOCKS_GUARD = threading.Lock()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -66,11 +77,19 @@ def point_key(point: Point) -> str:
     return json.dumps(dict(point), sort_keys=True, separators=(",", ":"))
 
 
+_COLUMNS = ("sweep", "point_key", "seed", "point", "result", "elapsed_s", "finished_at")
+
+
+class StoreInUse(RuntimeError):
+    """Another run holds the store: one sweep at a time per file."""
+
+
 class SweepStore:
     """An SQLite file of sweep results: one row per (sweep, point, seed), written atomically.
 
     Opens a short-lived connection per operation, so the store can be shared between processes and survives
-    being pickled (only the path and sweep name travel).
+    being pickled (only the path and sweep name travel). Raises ValueError for a location that cannot hold a
+    store and for a file that is not one (not SQLite, or a database without this schema).
     """
 
     def __init__(self, path: str | os.PathLike, sweep: str = "default"):
@@ -78,10 +97,62 @@ class SweepStore:
             raise ValueError(f"sweep must be a non-empty string, got {sweep!r}")
         self.path = os.fspath(path)
         self.sweep = sweep
+        if os.path.isdir(self.path):
+            raise ValueError(f"store {self.path!r} is a directory, not a file")
         parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"store {self.path!r}: cannot create its directory ({error.strerror})") from None
+        if not os.access(parent, os.W_OK) or (os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
+            raise ValueError(f"store {self.path!r}: not writable")
+        try:
+            with self._connect() as db:
+                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "results" in tables:
+                    columns = tuple(row[1] for row in db.execute("PRAGMA table_info(results)"))
+                    if columns != _COLUMNS:
+                        raise ValueError(f"store {self.path!r} is a foreign SQLite database: its results table has "
+                                         f"columns {list(columns)}, a sweep store has {list(_COLUMNS)}")
+                elif tables:
+                    raise ValueError(f"store {self.path!r} is a foreign SQLite database (tables {sorted(tables)}), "
+                                     "not a sweep store")
+                db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"store {self.path!r} is not a sweep store: {error}") from None
+
+    @contextmanager
+    def lock(self):
+        """Hold the store for one run: StoreInUse when another process holds it (an flock on PATH.lock, released
+        when the run ends or its process dies). Re-entrant within one process."""
+        key = os.path.realpath(self.path)
+        with _LOCKS_GUARD:
+            held = _LOCKS.get(key)
+            if held is None:
+                handle = open(key + ".lock", "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as error:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    handle.close()
+                    if error.errno in (errno.EAGAIN, errno.EACCES):
+                        raise StoreInUse(f"store {self.path!r} is in use by another run (pid {holder}); wait for "
+                                         "it to finish or use another --out/--store") from None
+                    raise
+                handle.truncate(0)
+                handle.write(str(os.getpid()))
+                handle.flush()
+                held = _LOCKS[key] = [handle, 0]
+            held[1] += 1
+        try:
+            yield self
+        finally:
+            with _LOCKS_GUARD:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _LOCKS[key]
+                    held[0].close()  # closing the file releases the flock
 
     @contextmanager
     def _connect(self):
@@ -143,15 +214,32 @@ class _InlineExecutor(cf.Executor):
         return future
 
 
+def check_scheduler(address: str, timeout: float = 3.0) -> str:
+    """A Dask scheduler address, checked before any compute: the form tcp://HOST:PORT (or HOST:PORT), the
+    'distributed' package, and a TCP connection within `timeout` seconds. ValueError in one line otherwise."""
+    match = re.fullmatch(r"(?:tcp://)?(\[[0-9a-fA-F:]+\]|[\w.-]+):(\d{1,5})", str(address))
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"scheduler {address!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:  # a user asked for Dask without installing it
+        raise ValueError("scheduler needs the 'distributed' package: pip install 'dask[distributed]'") from None
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"scheduler {address!r}: no scheduler answers there within {timeout:g} s "
+                         f"({error.strerror or error})") from None
+    return address
+
+
 @contextmanager
 def make_executor(scheduler: str | None = None, max_workers: int = 1):
     """The executor a sweep runs on: a Dask cluster at ``scheduler``, else local spawned processes (or inline)."""
     if scheduler is not None:
-        try:
-            from distributed import Client
-        except ImportError as error:  # a user asked for Dask without installing it
-            raise ValueError("scheduler needs the 'distributed' package: pip install 'dask[distributed]'") from error
-        client = Client(scheduler)
+        check_scheduler(scheduler)
+        from distributed import Client
+        client = Client(scheduler, timeout=10)
         try:
             yield client.get_executor()
         finally:
@@ -160,8 +248,29 @@ def make_executor(scheduler: str | None = None, max_workers: int = 1):
         yield _InlineExecutor()
     else:
         # spawn, not fork: torch and Numba thread pools do not survive fork reliably
-        with cf.ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = cf.ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_exit_with_parent, initargs=(os.getpid(),))
+        try:
             yield pool
+        except BaseException:
+            # stop at once: drop queued batches and end the workers mid-batch (their rows were never stored)
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise
+        else:
+            pool.shutdown(wait=True)
+
+
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: a daemon thread ends this worker when its parent is gone (killed with SIGKILL, say),
+    so a killed sweep leaves no idle workers behind."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _timed(task: Task, items: list[Item]) -> tuple[list[dict], float]:
@@ -191,31 +300,35 @@ def run_sweep(task: Task, points: Sequence[Point], seeds: Sequence[int], store: 
         raise ValueError("points must be distinct")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {list(seeds)}")
-    if fresh:
-        store.clear()
-    done = store.done()
-    pending = [(dict(p), int(s)) for p, k in zip(points, keys) for s in seeds if (k, int(s)) not in done]
-    batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
+    with store.lock():
+        if fresh:
+            store.clear()
+        done = store.done()
+        pending = [(dict(p), int(s)) for p, k in zip(points, keys) for s in seeds if (k, int(s)) not in done]
+        batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
 
-    if batches:
-        with (_borrowed(executor) if executor is not None else make_executor(scheduler, max_workers)) as pool:
-            futures = {pool.submit(_timed, task, batch): batch for batch in batches}
-            try:
-                for future in cf.as_completed(futures):
-                    batch = futures[future]
-                    results, elapsed = future.result()
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"task returned {len(results)} results for {len(batch)} items")
-                    per_item = elapsed / len(batch)
-                    store.put((p, s, r, per_item) for (p, s), r in zip(batch, results))
-                    if progress is not None:
-                        progress(len(batch))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        def keep(batch, results, elapsed):
+            if len(results) != len(batch):
+                raise RuntimeError(f"task returned {len(results)} results for {len(batch)} items")
+            store.put((p, s, r, elapsed / len(batch)) for (p, s), r in zip(batch, results))
+            if progress is not None:
+                progress(len(batch))
 
-    stored = {(point_key(r["point"]), r["seed"]): r for r in store.rows()}
+        if batches and executor is None and scheduler is None and max_workers == 0:
+            for batch in batches:  # in this process: each batch is stored before the next one starts
+                keep(batch, *_timed(task, batch))
+        elif batches:
+            with (_borrowed(executor) if executor is not None else make_executor(scheduler, max_workers)) as pool:
+                futures = {pool.submit(_timed, task, batch): batch for batch in batches}
+                try:
+                    for future in cf.as_completed(futures):
+                        keep(futures[future], *future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+
+        stored = {(point_key(r["point"]), r["seed"]): r for r in store.rows()}
     return [stored[(k, int(s))] for k in keys for s in seeds]
 
 
