@@ -5,7 +5,7 @@ import numba
 
 from sim import vector_exp
 
-SOURCE_SHA256 = "2c3d80382cbe890100f3408774499380e35607f4bf818a5ab2fe97c3500fc21d"
+SOURCE_SHA256 = "e23247a40501b844d8ac04f55f8c6521b6680197641f8c4814572ede548bc728"
 
 
 @numba.njit(cache=True)

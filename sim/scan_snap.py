@@ -19,6 +19,18 @@ norm and the usual step-size controller (Hairer, Norsett & Wanner, Solving ODEs 
 lands exactly on the requested output times; `integrate(..., dense=True)` steps past them and fills them from
 the method's 4th-order continuous extension, as solve_ivp's t_eval does. `dopri5_fixed` takes fixed steps for
 convergence-order tests.
+
+Inputs. Every public Python function checks its inputs before computing and raises a one-line ValueError naming
+the input and what is allowed (NumPy scalars and arrays are accepted wherever Python numbers are). The Numba
+kernels (`dopri5`, `dopri5_fixed`, the right-hand sides) check nothing: they index arrays by the parameter
+layout without bounds checks, so call them through `integrate` and the integrate_* functions, which do. Ranges:
+M <= M_MAX = 1e150 ((M-1)^2 of Eqn. 85 and (M-1) M h of Lemma 6 stay finite) and M eta_Y t / K < 1e300 (Lemma 6
+solves e^{Mh} = M eta_Y t + 1 - (M-1) M h); eta_Y, eta_Z, K and C0 in RATE_RANGE = [1e-30, 1e30], so that
+Gamma = (eta_Z/eta_Y) K (M-1)^2 h^2 / 2 and Gamma / C0 neither overflow nor lose a value that matters to
+underflow; decoder entries |Y| <= 1e300 / M (the logits Y^T f stay finite). Near 0, h (Lemma 6), B_n and
+z_common are accurate to ~1e-16 absolute, not relative: the printed formulas subtract exp(Mh) - 1 and
+log(C0 + 4 Gamma) - log(C0), which cancel as M eta_Y t / K or Gamma / C0 fall below ~1e-8.
+A solver that cannot finish (a diverging or too stiff setting) raises RuntimeError naming the setting.
 """
 from __future__ import annotations
 
@@ -36,6 +48,7 @@ from sympy.printing.pycode import pycode
 
 from sim import vector_exp
 from theory import scan_snap as th
+from theory._cli import choice, count, real_number, shown
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -67,6 +80,47 @@ def formula_specs() -> list:
     ]
     specs += [(f"reduced_rhs_{i}", e, th.reduced_state + th.reduced_params) for i, e in enumerate(th.reduced_rhs)]
     return specs
+
+
+M_MAX = 1e150                  # vocabulary sizes M the formulas evaluate (module docstring)
+RATE_RANGE = (1e-30, 1e30)     # learning rates eta_Y, eta_Z, the class count K and C0 (module docstring)
+SCALE_TIME_MAX = 1e300          # bound on M eta_Y t / K, the argument of Lemma 6's e^{Mh}
+
+
+def _real_array(name: str, value, low: float = -np.inf, high: float = np.inf, *, open_low: bool = False,
+                ndim=None) -> np.ndarray:
+    """`value` as a float64 array of finite real numbers (no bools, no strings) within the bounds; a one-line
+    ValueError naming `name` otherwise. ndim: the required number of dimensions (None: any)."""
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind == "O":
+            array = np.array([real_number(name, v) for v in array.ravel()], dtype=float).reshape(array.shape)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype.kind not in "iuf" or (ndim is not None and array.ndim != ndim):
+        shape = "" if ndim is None else f" with {ndim} dimension{'s' if ndim != 1 else ''}"
+        raise ValueError(f"{name}: must be an array of real numbers{shape}")
+    array = array.astype(np.float64)
+    bad = ~np.isfinite(array) | (array <= low if open_low else array < low) | (array > high)
+    if bad.any():
+        bounds = ("" if low == -np.inf else f" {'>' if open_low else '>='} {low:g}") + (
+            "" if high == np.inf else f"{',' if low > -np.inf else ''} <= {high:g}")
+        raise ValueError(f"{name}: every value must be finite{bounds}, got {shown(float(array[bad].flat[0]))}")
+    return array
+
+
+def _check_rates(eta_Y, eta_Z=None) -> tuple:
+    """Learning rates: in RATE_RANGE, broadcast against each other, at least one setting."""
+    rates = [_real_array("eta_Y", eta_Y, *RATE_RANGE)]
+    if eta_Z is not None:
+        rates.append(_real_array("eta_Z", eta_Z, *RATE_RANGE))
+    try:
+        rates = np.broadcast_arrays(*rates)
+    except ValueError:
+        raise ValueError(f"eta_Y, eta_Z: shapes {rates[0].shape} and {rates[1].shape} do not broadcast") from None
+    if rates[0].size == 0:
+        raise ValueError("eta_Y, eta_Z: need at least one setting")
+    return tuple(rates)
 
 
 _GENERATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_snap_formulas.py")
@@ -102,6 +156,8 @@ def generate_formulas_module(path: str = _GENERATED) -> None:
     """Write sim/_scan_snap_formulas.py: every formula of `formula_specs` printed by SymPy's Python code
     printer (with common-subexpression elimination) as an @njit(cache=True) function of plain floats. A real
     module, unlike lambdify's pseudo-file, lets Numba cache the machine code on disk."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ValueError(f"path={shown(path)}: must be a file path in an existing directory")
     lines = ['"""GENERATED by sim.scan_snap.generate_formulas_module from theory/scan_snap.py: do not edit."""',
              "import math", "", "import numba", "", "from sim import vector_exp", "",
              f'SOURCE_SHA256 = "{_source_digest()}"', ""]
@@ -371,25 +427,93 @@ def integrate(system: str, t_eval, y0, params, rtol=1e-8, atol=1e-10, max_steps=
               dense: bool = False) -> Solution:
     """Integrate dy/dt = rhs(t, y, p) of `system` (one of SYSTEMS) for a batch: y0 (B, n), params (B, n_p),
     every row on its own adaptive steps. dense=True fills the output times by interpolation instead of
-    stepping onto them (`dopri5`). Raises ValueError on bad input and RuntimeError if a setting fails to finish."""
-    t_eval = np.ascontiguousarray(t_eval, dtype=np.float64)
-    y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
-    params = np.ascontiguousarray(np.atleast_2d(params), dtype=np.float64)
-    if t_eval.ndim != 1 or t_eval.size < 2 or np.any(np.diff(t_eval) <= 0):
+    stepping onto them (`dopri5`). y0 and params: one row each per setting (a 1-D array is one setting); params
+    in the layout of the system's *_params function, which `_check_system_params` checks entry by entry (the
+    compiled right-hand sides index by it without bounds checks). Raises ValueError on bad input and
+    RuntimeError if a setting fails to finish."""
+    system = choice("system", system, SYSTEMS)
+    t_eval = _real_array("t_eval", t_eval, ndim=1)
+    if t_eval.size < 2 or np.any(np.diff(t_eval) <= 0):
         raise ValueError("t_eval: need a strictly increasing 1-D array of at least 2 times")
+    y0 = np.atleast_2d(_real_array("y0", y0))
+    params = np.atleast_2d(_real_array("params", params))
+    if y0.ndim != 2 or params.ndim != 2:
+        raise ValueError(f"y0, params: need 1-D or 2-D arrays (settings x values), got {y0.ndim}-D and "
+                         f"{params.ndim}-D")
     if y0.shape[0] != params.shape[0]:
         raise ValueError(f"y0/params: batch sizes differ ({y0.shape[0]} vs {params.shape[0]})")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol={rtol}, atol={atol}: both must be > 0")
+    if y0.shape[0] == 0:
+        raise ValueError("y0, params: need at least one setting")
+    n_state = _check_system_params(system, params)
+    if y0.shape[1] != n_state:
+        raise ValueError(f"y0: system {shown(system)} with these params has {n_state} state components, got "
+                         f"{y0.shape[1]}")
+    rtol = real_number("rtol", rtol, 0.0, open_low=True)
+    atol = real_number("atol", atol, 0.0, open_low=True)
+    max_steps = count("max_steps", max_steps, 1)
+    if not isinstance(dense, (bool, np.bool_)):
+        raise ValueError(f"dense={shown(dense)}: must be True or False")
+    y0, params = np.ascontiguousarray(y0), np.ascontiguousarray(params)
     out = np.empty((y0.shape[0], t_eval.size, y0.shape[1]))
     stats = np.zeros((y0.shape[0], 4), dtype=np.int64)
-    _dopri5_batch(system_id(system), t_eval, y0, params, float(rtol), float(atol), int(max_steps), bool(dense), out,
-                  stats)
+    _dopri5_batch(system_id(system), t_eval, y0, params, rtol, atol, max_steps, bool(dense), out, stats)
     if np.any(stats[:, 3] != 0):
         bad = int(np.flatnonzero(stats[:, 3])[0])
         raise RuntimeError(f"dopri5: setting {bad} stopped early (status {stats[bad, 3]}: 1 = max_steps, "
-                           f"2 = step-size underflow)")
+                           f"2 = step-size underflow; its solution diverges or is too stiff for rtol={rtol:g}, "
+                           f"atol={atol:g} before t = {t_eval[-1]:g}, or max_steps={max_steps} is too few)")
     return Solution(t_eval, out, stats[:, 0], stats[:, 1], stats[:, 2])
+
+
+def _check_system_params(system: str, params: np.ndarray) -> int:
+    """Check every row of `params` against the layout of `system` and return the state size.
+
+    reduced: [eta_Y, eta_Z, M, K, C0]; yz_flow: [eta_Y, eta_Z, M, K, n_q, query_row[K], next_token[K], P[K*M]];
+    lemma4: the same without next_token."""
+    if system == "reduced":
+        if params.shape[1] != 5:
+            raise ValueError(f"params: system 'reduced' needs 5 values per setting [eta_Y, eta_Z, M, K, C0], got "
+                             f"{params.shape[1]}")
+        _check_reduced_columns(params)
+        return 4
+    first = params[0]
+    M, K, nq = first[2], first[3], first[4]
+    layout = "[eta_Y, eta_Z, M, K, n_queries, query_row[K], " + ("next_token[K], " if system == "yz_flow" else "") \
+        + "P[K*M]]"
+    if not all(v == int(v) and v >= 1 for v in (M, K, nq)) or M < 2 or M > M_MAX:
+        raise ValueError(f"params: system {shown(system)} needs {layout}, with integers M >= 2, K >= 1, "
+                         f"n_queries >= 1; got M={M:g}, K={K:g}, n_queries={nq:g}")
+    M, K, nq = int(M), int(K), int(nq)
+    with_next = system == "yz_flow"
+    width = 5 + K * (2 if with_next else 1) + K * M
+    if params.shape[1] != width or np.any(params[:, 2:5] != params[0, 2:5]):
+        raise ValueError(f"params: system {shown(system)} with M={M}, K={K} needs {width} values per setting "
+                         f"{layout}, the same M, K, n_queries in every row; got {params.shape[1]}")
+    if np.any((params[:, :2] < RATE_RANGE[0]) | (params[:, :2] > RATE_RANGE[1])):
+        raise ValueError(f"params: eta_Y, eta_Z (columns 0, 1) must lie in [{RATE_RANGE[0]:g}, {RATE_RANGE[1]:g}]")
+    rows = params[:, 5:5 + K]
+    if np.any(rows != np.round(rows)) or np.any(rows < 0) or np.any(rows >= nq):
+        raise ValueError(f"params: query_row (columns 5..{4 + K}) must be integers in [0, {nq})")
+    if with_next:
+        nxt = params[:, 5 + K:5 + 2 * K]
+        if np.any(nxt != np.round(nxt)) or np.any(nxt < 0) or np.any(nxt >= M):
+            raise ValueError(f"params: next_token (columns {5 + K}..{4 + 2 * K}) must be integers in [0, {M})")
+    P = params[:, -K * M:].reshape(-1, K, M)
+    if np.any(P < 0) or np.any(np.abs(P.sum(axis=-1) - 1) > 1e-9):
+        raise ValueError("params: each class's P (the last K*M values) must be >= 0 and sum to 1")
+    return M * M + nq * M if with_next else 1 + nq * M
+
+
+def _check_reduced_columns(p: np.ndarray) -> None:
+    low, high = RATE_RANGE
+    for c, name in ((0, "eta_Y"), (1, "eta_Z"), (3, "K"), (4, "C0")):
+        bad = (p[:, c] < low) | (p[:, c] > high)
+        if np.any(bad):
+            raise ValueError(f"reduced_params: eta_Y, eta_Z, K, C0 must lie in [{low:g}, {high:g}] and M > 1 "
+                             f"({name}={shown(float(p[bad, c][0]))})")
+    if np.any(p[:, 2] <= 1) or np.any(p[:, 2] > M_MAX):
+        raise ValueError(f"reduced_params: need M > 1 and M <= {M_MAX:g}, got "
+                         f"M={shown(float(p[(p[:, 2] <= 1) | (p[:, 2] > M_MAX), 2][0]))}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,16 +529,25 @@ def reduced_rhs(t, y, p, dy):
 
 
 def reduced_params(eta_Y, eta_Z, M, K, C0=1.0) -> np.ndarray:
-    """Broadcast settings into the (B, 5) parameter array of `reduced_rhs`."""
-    cols = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (eta_Y, eta_Z, M, K, C0)))
+    """Broadcast settings into the (B, 5) parameter array of `reduced_rhs`: eta_Y, eta_Z, K, C0 in RATE_RANGE
+    and 1 < M <= M_MAX, at least one setting."""
+    names = ("eta_Y", "eta_Z", "M", "K", "C0")
+    values = [_real_array(name, v) for name, v in zip(names, (eta_Y, eta_Z, M, K, C0))]
+    try:
+        cols = np.broadcast_arrays(*values)
+    except ValueError:
+        raise ValueError("reduced_params: the shapes of eta_Y, eta_Z, M, K, C0 "
+                         f"{tuple(v.shape for v in values)} do not broadcast") from None
     p = np.stack([np.ravel(c) for c in cols], axis=1)
-    if np.any(p <= 0) or np.any(p[:, 2] <= 1):
-        raise ValueError("reduced_params: eta_Y, eta_Z, K, C0 must be > 0 and M > 1")
+    if p.shape[0] == 0:
+        raise ValueError("reduced_params: need at least one setting")
+    _check_reduced_columns(p)
     return p
 
 
 def integrate_reduced(params, t_eval, rtol=1e-8, atol=1e-10) -> Solution:
     """Integrate the Sec. 6 system from h = Gamma = z = B = 0 for every row of `reduced_params`."""
+    params = np.atleast_2d(_real_array("params", params))
     return integrate("reduced", t_eval, np.zeros((params.shape[0], 4)), params, rtol, atol)
 
 
@@ -439,26 +572,53 @@ def _decoder_scale_vec(tt, M, eta_Y, out):
         out[i] = _decoder_scale_one(tt[i], M, eta_Y)
 
 
+def _check_lemma6(t, M, eta_Y, K=1.0) -> tuple:
+    """t (times >= 0, at least 1-D), M in (1, M_MAX], eta_Y and K in RATE_RANGE, M eta_Y t / K < SCALE_TIME_MAX."""
+    t = np.atleast_1d(_real_array("t", t, 0.0))
+    M = real_number("M", M, 1.0, M_MAX, open_low=True)
+    eta_Y = real_number("eta_Y", eta_Y, *RATE_RANGE)
+    K = real_number("K", K, *RATE_RANGE)
+    if t.size and M * eta_Y * (t.max() / K) >= SCALE_TIME_MAX:
+        raise ValueError(f"t: max t = {t.max():g} puts M eta_Y t / K = {M * eta_Y * (t.max() / K):.3g} beyond "
+                         f"{SCALE_TIME_MAX:g}, where Lemma 6's e^(Mh) = M eta_Y t / K + 1 - ... leaves float64")
+    return t, M, eta_Y, K
+
+
 def decoder_scale(t, M, eta_Y) -> np.ndarray:
-    """h(t) of Lemma 6 (exact, from e^{Mh} + (M-1)Mh = M eta_Y t + 1)."""
-    tt = np.ascontiguousarray(np.atleast_1d(t), dtype=np.float64)
-    out = np.empty_like(tt)
-    _decoder_scale_vec(tt, float(M), float(eta_Y), out)
-    return out
+    """h(t) of Lemma 6 (exact, from e^{Mh} + (M-1)Mh = M eta_Y t + 1), elementwise for times t >= 0 (any shape;
+    a scalar gives a 1-element array)."""
+    tt, M, eta_Y, _ = _check_lemma6(t, M, eta_Y)
+    return _decoder_scale(tt, M, eta_Y)
+
+
+def _decoder_scale(tt, M, eta_Y) -> np.ndarray:
+    flat = np.ascontiguousarray(tt.ravel(), dtype=np.float64)
+    out = np.empty_like(flat)
+    _decoder_scale_vec(flat, M, eta_Y, out)
+    return out.reshape(tt.shape)
 
 
 def reduced_closed_form(t, eta_Y, eta_Z, M, K, C0=1.0) -> dict:
-    """Exact solution of the Sec. 6 system: h(t/K) by Lemma 6, then Gamma, z_common, B_n (Eqns. 120-129)."""
-    hh = decoder_scale(np.asarray(t, dtype=np.float64) / K, M, eta_Y)
+    """Exact solution of the Sec. 6 system: h(t/K) by Lemma 6, then Gamma, z_common, B_n (Eqns. 120-129), for
+    times t >= 0 (flattened to 1-D). Raises ValueError if Gamma(t) = (eta_Z/eta_Y) K (M-1)^2 h^2 / 2 leaves
+    float64's range."""
+    tt, M, eta_Y, K = _check_lemma6(t, M, eta_Y, K)
+    eta_Z = real_number("eta_Z", eta_Z, *RATE_RANGE)
+    C0 = real_number("C0", C0, *RATE_RANGE)
+    hh = _decoder_scale(tt.ravel() / K, M, eta_Y)
     G = np.array([_Gamma_of_h(x, eta_Y, eta_Z, M, K) for x in hh])
+    if not np.isfinite(G).all() or not np.isfinite(4 * G / C0).all():
+        raise ValueError(f"eta_Z={shown(eta_Z)}, eta_Y={shown(eta_Y)}, K={shown(K)}, M={shown(M)}, C0={shown(C0)}: "
+                         "Gamma(t) / C0 = (eta_Z/eta_Y) K (M-1)^2 h^2 / (2 C0) exceeds float64's range")
     return {"h": hh, "Gamma": G, "z_common": np.array([_z_common_of_Gamma(g, C0) for g in G]),
             "B": np.array([_B_of_Gamma(g, C0) for g in G])}
 
 
 def speed_coefficient(t, M, K, eta_Y) -> np.ndarray:
-    """gamma(t) of Eqn. 85 with Lemma 6's exact h(t/K)."""
-    hh = decoder_scale(np.asarray(t, dtype=np.float64) / K, M, eta_Y)
-    return np.array([_speed_coefficient(float(M), x) for x in hh])
+    """gamma(t) of Eqn. 85 with Lemma 6's exact h(t/K), for times t >= 0 (flattened to 1-D)."""
+    tt, M, eta_Y, K = _check_lemma6(t, M, eta_Y, K)
+    hh = _decoder_scale(tt.ravel() / K, M, eta_Y)
+    return np.array([_speed_coefficient(M, x) for x in hh])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -484,15 +644,38 @@ def _class_attention(P, zrow, c):
 
 @dataclass(frozen=True)
 class ClassTable:
-    """Numeric form of a theory.SequenceClasses: probabilities (K, M), query row of Z per class, next tokens."""
+    """Numeric form of a theory.SequenceClasses: probabilities (K, M), query row of Z per class, next tokens.
+
+    Checked on construction (the compiled flows index by these arrays without bounds checks): probabilities
+    (K, M) finite, >= 0, each row summing to 1 (within 1e-9); query_rows (K,) integers in [0, n_queries);
+    queries (n_queries,) distinct tokens in [0, M); next_tokens (K,) distinct tokens in [0, M)."""
 
     probabilities: np.ndarray
     query_rows: np.ndarray
     queries: np.ndarray
     next_tokens: np.ndarray
 
+    def __post_init__(self):
+        P = _real_array("probabilities", self.probabilities, 0.0, ndim=2)
+        K, M = P.shape
+        if K < 1 or M < 2 or M > M_MAX or np.any(np.abs(P.sum(axis=1) - 1) > 1e-9):
+            raise ValueError(f"probabilities: need a (K, M) array with K >= 1, M >= 2 whose rows sum to 1, "
+                             f"got shape {P.shape}")
+        queries = _token_array("queries", self.queries, M, None)
+        if len(set(queries.tolist())) != queries.size:
+            raise ValueError(f"queries={queries.tolist()}: must be distinct tokens")
+        next_tokens = _token_array("next_tokens", self.next_tokens, M, K)
+        if len(set(next_tokens.tolist())) != K:
+            raise ValueError(f"next_tokens={next_tokens.tolist()}: must be distinct")
+        query_rows = _token_array("query_rows", self.query_rows, queries.size, K)
+        for name, value in (("probabilities", P), ("query_rows", query_rows), ("queries", queries),
+                            ("next_tokens", next_tokens)):
+            object.__setattr__(self, name, np.ascontiguousarray(value))
+
     @classmethod
     def from_classes(cls, classes: th.SequenceClasses) -> "ClassTable":
+        if not isinstance(classes, th.SequenceClasses):
+            raise ValueError(f"classes={shown(classes)}: must be a theory.scan_snap.SequenceClasses")
         qs = classes.query_tokens()
         return cls(np.array([[float(x) for x in row] for row in classes.probabilities]),
                    np.array([qs.index(q) for q in classes.queries], dtype=np.int64),
@@ -511,9 +694,34 @@ class ClassTable:
         return self.queries.size
 
 
+def _token_array(name: str, value, limit: int, length) -> np.ndarray:
+    """A 1-D array of integers in [0, limit) (of `length` entries unless None), as int64."""
+    array = np.asarray(value) if not isinstance(value, (str, bytes)) else np.asarray([])
+    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu" or (
+            length is not None and array.size != length) or array.min() < 0 or array.max() >= limit:
+        size = "" if length is None else f"{length} "
+        raise ValueError(f"{name}={shown(value)}: must be a 1-D array of {size}integers in [0, {limit})")
+    return array.astype(np.int64)
+
+
+def _check_table(table) -> ClassTable:
+    if not isinstance(table, ClassTable):
+        raise ValueError(f"table={shown(table)}: must be a ClassTable (ClassTable.from_classes)")
+    return table
+
+
+def _logit_rows(name: str, table: ClassTable, Z_rows) -> np.ndarray:
+    """Query rows of Z, (..., n_queries, M): finite real numbers (any size: softmax is shift invariant)."""
+    Z_rows = _real_array(name, Z_rows)
+    if Z_rows.ndim < 2 or Z_rows.shape[-2:] != (table.n_queries, table.n_vocab):
+        raise ValueError(f"{name}: need shape (..., n_queries, M) = (..., {table.n_queries}, {table.n_vocab}), "
+                         f"got {Z_rows.shape}")
+    return Z_rows
+
+
 def attention_from_logits(table: ClassTable, Z_rows) -> np.ndarray:
     """c_n for every class from query rows of Z (..., n_queries, M) -> (..., K, M), by Eqn. 5."""
-    Z_rows = np.asarray(Z_rows, dtype=np.float64)
+    Z_rows = _logit_rows("Z_rows", _check_table(table), Z_rows)
     lead = Z_rows.shape[:-2]
     flat = Z_rows.reshape(-1, table.n_queries, table.n_vocab)
     out = np.empty((flat.shape[0], table.n_classes, table.n_vocab))
@@ -615,9 +823,8 @@ def yz_flow_rhs(t, y, p, dy):
 
 def _flow_params(table: ClassTable, eta_Y, eta_Z, with_next_tokens: bool) -> np.ndarray:
     """(B, n_p) rows [eta_Y, eta_Z, M, K, n_q, query_row[K], (next_token[K]), P[K*M]], rates broadcast."""
-    eY, eZ = np.broadcast_arrays(np.atleast_1d(np.asarray(eta_Y, float)), np.atleast_1d(np.asarray(eta_Z, float)))
-    if np.any(eY <= 0) or np.any(eZ <= 0):
-        raise ValueError("eta_Y, eta_Z: learning rates must be > 0")
+    _check_table(table)
+    eY, eZ = (np.atleast_1d(r) for r in _check_rates(eta_Y, eta_Z))
     parts = [[table.n_vocab, table.n_classes, table.n_queries], table.query_rows]
     parts += [table.next_tokens] if with_next_tokens else []
     fixed = np.concatenate(parts + [table.probabilities.ravel()]).astype(np.float64)
@@ -642,14 +849,21 @@ class YZTrajectory:
 
 def integrate_yz_flow(table: ClassTable, eta_Y, eta_Z, t_eval, Y0=None, Z0=None, rtol=1e-7,
                       atol=1e-9) -> YZTrajectory:
-    """Integrate Lemma 1's long-sequence flow from Y0, Z0 (zeros by default, the paper's Y(0) = Z(0) = 0)."""
+    """Integrate Lemma 1's long-sequence flow from Y0, Z0 (zeros by default, the paper's Y(0) = Z(0) = 0).
+    Y0: (M, M) for every setting or (B, M, M), entries |Y| <= 1e300 / M; Z0: (n_queries, M) or (B, n_queries, M)."""
     params = yz_flow_params(table, eta_Y, eta_Z)
     M, nq = table.n_vocab, table.n_queries
     y0 = np.zeros((params.shape[0], M * M + nq * M))
-    if Y0 is not None:
-        y0[:, :M * M] = np.asarray(Y0, float).reshape(-1, M * M)
-    if Z0 is not None:
-        y0[:, M * M:] = np.asarray(Z0, float).reshape(-1, nq * M)
+    for name, value, shape, columns in (("Y0", Y0, (M, M), slice(0, M * M)),
+                                        ("Z0", Z0, (nq, M), slice(M * M, None))):
+        if value is not None:
+            array = _real_array(name, value, -1e300 / M if name == "Y0" else -np.inf,
+                                high=1e300 / M if name == "Y0" else np.inf)
+            if array.shape[-2:] != shape or array.ndim not in (2, 3) or array.size not in (
+                    np.prod(shape), params.shape[0] * np.prod(shape)):
+                raise ValueError(f"{name}: need shape {shape} or ({params.shape[0]}, {shape[0]}, {shape[1]}), "
+                                 f"got {array.shape}")
+            y0[:, columns] = array.reshape(-1, int(np.prod(shape)))
     sol = integrate("yz_flow", t_eval, y0, params, rtol, atol)
     Y = sol.y[:, :, :M * M].reshape(sol.y.shape[0], -1, M, M)
     Z = sol.y[:, :, M * M:].reshape(sol.y.shape[0], -1, nq, M)
@@ -722,22 +936,36 @@ def _backprop_norms(P, query_rows, next_tokens, Y, Z, out):
     target = np.empty(M)
     scratch = np.zeros((M, M))
     support = np.empty(M, dtype=np.int64)
+    g = np.empty(M)
     for k in range(K):
         _class_forward(P[k], Z[query_rows[k]], Y, c, f, alpha, support)
         for j in range(M):
             target[j] = 1.0 if j == next_tokens[k] else 0.0
         sq = 0.0
+        big = 0.0
         for l in range(M):  # every row: the norm of g_n, not only its support
-            acc = _decoder_row(Y, l, target, alpha, 0.0, 0.0, scratch)  # rate 0: only g_l is wanted
-            sq += acc * acc
-        out[k] = np.sqrt(sq)
+            g[l] = _decoder_row(Y, l, target, alpha, 0.0, 0.0, scratch)  # rate 0: only g_l is wanted
+            sq += g[l] * g[l]
+            big = max(big, abs(g[l]))
+        if big > 0.0 and not 1e-290 < sq < np.inf:  # the squares over- or underflow: sum them rescaled
+            sq = 0.0
+            for l in range(M):
+                sq += (g[l] / big) ** 2
+            out[k] = big * np.sqrt(sq)
+        else:
+            out[k] = np.sqrt(sq)
 
 
 def backprop_norms(table: ClassTable, Y, Z_rows) -> np.ndarray:
     """||g_n|| = ||Y (e_n - alpha_n)|| per class (Theorem 1: g_n = gamma (iota_n f_n - ...), so it tracks
-    gamma(t) of Eqn. 85), with f_n from Eqn. 5. Y (..., M, M), Z_rows (..., n_q, M) -> (..., K)."""
-    Y = np.asarray(Y, dtype=np.float64)
-    Z_rows = np.asarray(Z_rows, dtype=np.float64)
+    gamma(t) of Eqn. 85), with f_n from Eqn. 5. Y (..., M, M) with |Y| <= 1e300 / M, Z_rows (..., n_q, M) with
+    the same leading shape -> (..., K)."""
+    M = _check_table(table).n_vocab
+    Y = _real_array("Y", Y, -1e300 / M, high=1e300 / M)
+    Z_rows = _logit_rows("Z_rows", table, Z_rows)
+    if Y.ndim < 2 or Y.shape[-2:] != (M, M) or Y.shape[:-2] != Z_rows.shape[:-2]:
+        raise ValueError(f"Y: need shape (..., {M}, {M}) with the leading shape of Z_rows {Z_rows.shape[:-2]}, got "
+                         f"{Y.shape}")
     lead = Y.shape[:-2]
     Yf = Y.reshape(-1, table.n_vocab, table.n_vocab)
     Zf = Z_rows.reshape(-1, table.n_queries, table.n_vocab)
@@ -756,9 +984,8 @@ SYSTEMS = ("reduced", "yz_flow", "lemma4")
 
 
 def system_id(system: str) -> int:
-    if system not in SYSTEMS:
-        raise ValueError(f"system={system!r}: allowed {SYSTEMS}")
-    return SYSTEMS.index(system)
+    """The number `dopri5` dispatches `system` (one of SYSTEMS) by."""
+    return SYSTEMS.index(choice("system", system, SYSTEMS))
 
 
 @numba.njit(cache=True)

@@ -11,11 +11,30 @@ Public API (other code relies on these names and signatures):
     exponent_grid(base, x_field, x_values, y_field, y_values) -> (angle, gradient) 2-D arrays
     critical_point(base, free=("alpha", "sigma_w"))
     attention_moments(n_tokens, rho, sigma_A)  (Monte Carlo of the six softmax expectations)
+
+Every public function checks its inputs before computing and raises a one-line ValueError naming the input
+and what is allowed; NumPy scalars are accepted wherever Python numbers are.  Besides BlockParams' own rules,
+sim evaluates only the ranges its float64 numerics are made for (`check_params`; tests/test_api_inputs.py
+evaluates their corners):
+
+* each numeric field is 0 or lies in FIELD_RANGE = [1e-15, 1e15].  The block map and the multipliers are
+  rational functions whose terms multiply up to twelve field values (ReLU's q_M = sigma_2^2 sigma_w^2 / 2
+  enters the angle multiplier squared and times alpha_M^4), so inside this range every intermediate stays a
+  normal float64, with the norms q, q0 in Q_RANGE = [1e-100, 1e100];
+* sigma_w <= QUADRATURE_SIGMA_W_MAX = 16 for kernels computed by quadrature (tanh, a sympy.Lambda): the
+  composite rule resolves phi(sigma_w z) to a relative error below 2e-7 up to there (measured against
+  30-digit integrals: 1e-10 at 12, 1e-3 at 40, useless at 1000);
+* sigma_A <= LARGE_N_SIGMA_A_MAX = 14 with attention="large_n": its moments grow as e^{3 sigma_A^2}/n^2;
+* the normalized residual must not zero the residual stream (alpha_A = 1 with sigma_V = 0, or alpha_M = 1
+  with an MLP whose output is zero): LN(0) is undefined.
+The results are then finite, except where a multiplier is exactly zero (an exponent of -inf, documented at
+`exponents`); `propagate` raises a ValueError naming depth if the Jacobian itself leaves float64's range.
 """
 from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass
 
 import numba
@@ -24,6 +43,7 @@ import sympy as sp
 from numpy.polynomial.legendre import leggauss
 
 from theory import signal_prop as T
+from theory._cli import choice, count, real_number, shown
 from theory.signal_prop import BlockParams
 
 # Argument order shared by every compiled block function.
@@ -40,10 +60,78 @@ QUADRATURE_ORDER = 8
 QUADRATURE_HALF_WIDTH = 9.0
 MONTE_CARLO_SAMPLES = 16384   # softmax samples for the finite-n attention moments
 
+# The ranges sim's numerics are made for (module docstring; `check_params`)
+FIELD_RANGE = (1e-15, 1e15)           # every numeric BlockParams field: 0 or in here
+Q_RANGE = (1e-100, 1e100)             # the norm q of `exponents` and q0 of `propagate`
+QUADRATURE_SIGMA_W_MAX = 16.0         # sigma_w of kernels by quadrature (tanh, sympy.Lambda)
+LARGE_N_SIGMA_A_MAX = 14.0            # sigma_A with attention="large_n"
+QUADRATURE_LOGIT_VARIANCE_MAX = 9.0   # sigma_A^2 (1 - rho) of `attention_moments_quadrature`
+
 
 def compile_expression(expr, args):
-    """lambdify(args, expr, modules="math", cse=True) then numba.njit.  A tuple expr returns a tuple."""
+    """lambdify(args, expr, modules="math", cse=True) then numba.njit.  A tuple expr returns a tuple.
+    expr: a SymPy expression or a tuple of them; args: a sequence of the SymPy symbols it depends on."""
+    if not all(isinstance(e, sp.Expr) for e in (expr if isinstance(expr, tuple) else (expr,))):
+        raise ValueError(f"expr={shown(expr)}: must be a SymPy expression or a tuple of them")
+    if isinstance(args, (str, sp.Basic)) or not all(isinstance(a, sp.Symbol) for a in args):
+        raise ValueError(f"args={shown(args)}: must be a sequence of SymPy symbols")
+    missing = set().union(*(e.free_symbols for e in (expr if isinstance(expr, tuple) else (expr,)))) - set(args)
+    if missing:
+        raise ValueError(f"args={shown(args)}: the expression also depends on {sorted(map(str, missing))}")
     return numba.njit(sp.lambdify(args, expr, modules="math", cse=True))
+
+
+def _field_limits(field: str, activation) -> tuple:
+    """(low, high, why) of the nonzero values of one numeric field that sim evaluates."""
+    low, high = FIELD_RANGE
+    why = "the range sim's float64 numerics are made for"
+    if field == "sigma_w" and not (isinstance(activation, str) and activation in T.CLOSED_FORM_ACTIVATIONS):
+        high, why = QUADRATURE_SIGMA_W_MAX, "beyond it the kernel quadrature of tanh or a sympy.Lambda loses accuracy"
+    return low, high, why
+
+
+def _check_field_values(field: str, values, activation, label: str) -> None:
+    """Each value of `field` is 0 or within `_field_limits`; a ValueError naming `label` otherwise."""
+    low, high, why = _field_limits(field, activation)
+    if isinstance(values, (int, float)) and (values == 0 or low <= values <= high):
+        return                                  # one number, in range: no NumPy (exponents calls this often)
+    values = np.asarray(values, dtype=float).ravel()
+    bad = (values != 0) & ~((values >= low) & (values <= high))
+    if bad.any():
+        raise ValueError(f"{label}={shown(float(values[bad][0]))}: sim evaluates 0 or values in "
+                         f"[{low:g}, {high:g}] ({why})")
+
+
+def _check_stream_nonzero(residual, alpha_A, alpha_M, sigma_V, q_M, label: str) -> None:
+    """The normalized residual with alpha = 1 keeps no skip path: a branch whose output is zero then zeroes
+    every token and the next LN divides by zero.  Arguments broadcast (the grid checks all its points)."""
+    if residual != "normalized" or (isinstance(alpha_A, (int, float)) and isinstance(alpha_M, (int, float))
+                                    and alpha_A != 1 and alpha_M != 1):
+        return
+    for alpha, zero, what in ((alpha_A, sigma_V, "alpha_A=1 and sigma_V=0"),
+                              (alpha_M, q_M, "alpha_M=1 and an MLP output of zero (q_M = 0: sigma_2 = 0, or "
+                                             "sigma_w = 0 with phi(0) = 0)")):
+        if np.any((np.asarray(alpha) == 1) & (np.asarray(zero) == 0)):
+            raise ValueError(f"{label}: {what} with residual='normalized' map every token to 0, and LN(0) is "
+                             "undefined")
+
+
+def check_params(h, name: str = "h", attention: str = "finite") -> BlockParams:
+    """`h` if it is a BlockParams whose values sim evaluates (module docstring); a ValueError otherwise.
+    The condition on the MLP's output (q_M = 0) is checked where q_M is computed."""
+    if not isinstance(h, BlockParams):
+        raise ValueError(f"{name}={shown(h)}: must be a theory.signal_prop.BlockParams")
+    for field in T.NUMERIC_FIELDS:
+        _check_field_values(field, getattr(h, field), h.activation, f"{name}.{field}")
+    if attention == "large_n" and h.sigma_A > LARGE_N_SIGMA_A_MAX:
+        raise ValueError(f"{name}.sigma_A={shown(h.sigma_A)}: attention='large_n' evaluates sigma_A <= "
+                         f"{LARGE_N_SIGMA_A_MAX:g} (its moments grow as exp(3 sigma_A^2))")
+    _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, 1.0, name)
+    return h
+
+
+def _check_q(name: str, value) -> float:
+    return real_number(name, value, *Q_RANGE)
 
 
 def _params_vector(h: BlockParams) -> tuple:
@@ -68,6 +156,8 @@ class CompiledKernel:
 
 def gaussian_quadrature(panels: int, order: int = QUADRATURE_ORDER, half_width: float = QUADRATURE_HALF_WIDTH):
     """Nodes and weights of E_{z ~ N(0,1)} f(z): composite Gauss-Legendre on [-half_width, half_width]."""
+    panels, order = count("panels", panels, 1), count("order", order, 1)
+    half_width = real_number("half_width", half_width, 0.0, open_low=True)
     x, w = leggauss(order)
     edges = np.linspace(-half_width, half_width, panels + 1)
     width = edges[1] - edges[0]
@@ -76,9 +166,13 @@ def gaussian_quadrature(panels: int, order: int = QUADRATURE_ORDER, half_width: 
     return nodes, weights
 
 
-@functools.lru_cache(maxsize=None)
 def compiled_kernel(activation) -> CompiledKernel:
     """The MLP Gaussian kernel of `activation` (a name or a sympy.Lambda) as njit functions."""
+    return _compiled_kernel(T.check_activation(activation))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_kernel(activation) -> CompiledKernel:
     kernel = T.mlp_kernel(activation)
     sw, s2 = T.sigma_w, T.sigma_2
     if kernel.closed_form:
@@ -189,16 +283,26 @@ _large_n_moments = compile_expression(tuple(T.attention_moments_large_n[m] for m
 
 def attention_moments(n_tokens: int, rho: float, sigma_A: float, method: str = "monte_carlo",
                       n_samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> np.ndarray:
-    """The six expectations of theory.signal_prop.ATTENTION_MOMENTS at cosine rho.
+    """The six expectations of theory.signal_prop.ATTENTION_MOMENTS at cosine rho in [0, 1].
 
     method="monte_carlo": exact at finite n up to Monte Carlo error (common random numbers, `seed`);
-    method="large_n": the limit-[N] closed forms.
+    method="large_n": the limit-[N] closed forms (sigma_A <= LARGE_N_SIGMA_A_MAX: they grow as
+    exp(3 sigma_A^2)).
     """
+    n_tokens = count("n_tokens", n_tokens, 1)
+    rho = real_number("rho", rho, 0.0, 1.0)
+    method = choice("method", method, ("monte_carlo", "large_n"))
+    sigma_A = real_number("sigma_A", sigma_A, 0.0,
+                          LARGE_N_SIGMA_A_MAX if method == "large_n" else FIELD_RANGE[1])
+    n_samples, seed = count("n_samples", n_samples, 1), count("seed", seed, 0)
+    return _attention_moments(n_tokens, rho, sigma_A, method, n_samples, seed)
+
+
+def _attention_moments(n_tokens, rho, sigma_A, method, n_samples, seed) -> np.ndarray:
+    """`attention_moments` without the checks, rho clipped to [0, 1] (a ratio p/q may round past 1)."""
     r = min(1.0, max(0.0, float(rho)))
     if method == "large_n":
         return np.array(_large_n_moments(r, sigma_A, n_tokens))
-    if method != "monte_carlo":
-        raise ValueError(f"method={method!r}: allowed values are ('monte_carlo', 'large_n')")
     s, t = _logit_stds(r, sigma_A)
     return _softmax_moments(*_common_random_numbers(n_tokens, n_samples, seed), s, t)
 
@@ -209,8 +313,19 @@ def attention_moments_quadrature(n_tokens: int, rho: float, sigma_A: float, node
         m_self  = n int u F_2(u) F_0(u)^{n-1} du,          F_k(u) = E_l[e^{k l - u e^l}], l ~ N(0, s^2 + t^2)
         m_cross = n int int H_11(u, w) H_00(u, w)^{n-1} du dw,
         H_ab(u, w) = E_a[f_a(u; a) f_b(w; a)],  f_k(u; a) = E_b[e^{k(s a + t b) - u e^{s a + t b}}],
-    with u = e^y, w = e^x on composite Gauss-Legendre grids around the scale u ~ 1/(n E e^l)."""
-    r = min(1.0, max(0.0, float(rho)))
+    with u = e^y, w = e^x on composite Gauss-Legendre grids around the scale u ~ 1/(n E e^l).
+
+    The fixed window of u holds the mass of 1/Z while the variance of a row's logits, sigma_A^2 (1 - rho),
+    is at most QUADRATURE_LOGIT_VARIANCE_MAX = 9 (it then agrees with the Monte Carlo within its noise; at
+    16 it is 7% off for n = 2); larger variances raise a ValueError.  nodes >= 8: nodes // 8 panels of 8."""
+    n_tokens = count("n_tokens", n_tokens, 1)
+    r = real_number("rho", rho, 0.0, 1.0)
+    sigma_A = real_number("sigma_A", sigma_A, 0.0)
+    if sigma_A**2 * (1 - r) > QUADRATURE_LOGIT_VARIANCE_MAX:
+        raise ValueError(f"sigma_A={shown(sigma_A)}, rho={shown(rho)}: the quadrature holds for logit variances "
+                         f"sigma_A^2 (1 - rho) <= {QUADRATURE_LOGIT_VARIANCE_MAX:g}, not "
+                         f"{sigma_A**2 * (1 - r):.4g} (attention_moments' Monte Carlo has no such limit)")
+    nodes = count("nodes", nodes, QUADRATURE_ORDER)
     s, t = _logit_stds(r, sigma_A)
     z, wz = gaussian_quadrature(60)
     log_scale = -math.log(n_tokens) - 0.5 * (s * s + t * t)
@@ -260,11 +375,6 @@ class Trajectory:
     jacobian: np.ndarray
 
 
-def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-
-
 def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
               attention: str = "finite", n_samples: int = MONTE_CARLO_SAMPLES, seed: int = 0
               ) -> Trajectory:
@@ -273,31 +383,39 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
 
     attention="finite" uses the Monte Carlo softmax moments at n = h.n_tokens (exact in limit [W]);
     "large_n" their limit-[N] closed forms.
+
+    The map is invariant under q0 -> c q0, sigma_V -> sqrt(c) sigma_V, sigma_2 -> sqrt(c) sigma_2 (q and p
+    scale by c, rho and jacobian do not), but not under q0 alone: the branches see LN'd tokens while the skip
+    path carries the norm.  q0 must lie in Q_RANGE; h in sim's ranges (`check_params`).  A Jacobian that
+    grows past float64's largest number before `depth` (a gradient exponent times depth beyond ~709) raises a
+    ValueError naming the deepest depth that is computable.
     """
-    if not isinstance(h, BlockParams):
-        raise ValueError(f"h={h!r}: must be a theory.signal_prop.BlockParams")
-    _check_positive_int("depth", depth, 0)
-    if not (isinstance(q0, (int, float)) and q0 > 0 and math.isfinite(q0)):
-        raise ValueError(f"q0={q0!r}: must be a finite number > 0")
-    if not (isinstance(rho0, (int, float)) and 0.0 <= rho0 <= 1.0):
-        raise ValueError(f"rho0={rho0!r}: must lie in [0, 1]")
-    if attention not in ("finite", "large_n"):
-        raise ValueError(f"attention={attention!r}: allowed values are ('finite', 'large_n')")
+    h = check_params(h, attention=attention)
+    depth = count("depth", depth, 0)
+    q0 = _check_q("q0", q0)
+    rho0 = real_number("rho0", rho0, 0.0, 1.0)
+    attention = choice("attention", attention, ("finite", "large_n"))
+    n_samples, seed = count("n_samples", n_samples, 1), count("seed", seed, 0)
     method = "monte_carlo" if attention == "finite" else "large_n"
     kernel = compiled_kernel(h.activation)
     params = _params_vector(h)
     q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
     slope = kernel.slope(h.sigma_w, h.sigma_2)
-    q, p, Qt, Pt = float(q0), float(q0 * rho0), 1.0, 0.0
+    _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, q_M, "h")
+    q, p, Qt, Pt = q0, q0 * rho0, 1.0, 0.0
     out = np.empty((depth + 1, 4))
     out[0] = q, p, p / q, Qt
     for layer in range(1, depth + 1):
-        moments = attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, seed)
+        moments = _attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, seed)
         q1, p1 = _attention_step(q, p, Qt, Pt, *moments, 0.0, 0.0, 0.0, 0.0, *params)
         rho1 = min(1.0, p1 / q1)
         kernel_values = (q_M, kernel.value(rho1, h.sigma_w, h.sigma_2), slope,
                          kernel.derivative(rho1, h.sigma_w, h.sigma_2))
         q, p, Qt, Pt = _block_step(q, p, Qt, Pt, *moments, *kernel_values, *params)
+        if not (sys.float_info.min <= q < math.inf and all(math.isfinite(v) for v in (p, Qt, Pt))):
+            raise ValueError(f"depth={depth}: the norm q ({q:.3g}) or the Jacobian E|dX_l/dX_0|^2 ({Qt:.3g}) of "
+                             f"this h and q0={shown(q0)} leaves float64's range at block {layer}; depths up to "
+                             f"{layer - 1} are computable")
         out[layer] = q, p, p / q, Qt
     return Trajectory(q=out[:, 0], p=out[:, 1], rho=out[:, 2], jacobian=out[:, 3])
 
@@ -308,10 +426,10 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
 _EXPONENT_ARGS = (T.q, T.mlp_q, T.mlp_slope) + PARAM_SYMBOLS
 _multipliers_at_q = compile_expression((T.angle_multiplier, T.gradient_multiplier), _EXPONENT_ARGS)
 _multipliers_normalized = compile_expression(
-    tuple(e.subs(T.q, T.q_star_collapse) for e in (T.angle_multiplier, T.gradient_multiplier)),
+    tuple(e.subs(T.q, T.q_star_collapse_stable) for e in (T.angle_multiplier, T.gradient_multiplier)),
     _EXPONENT_ARGS)
 _skip_normalized = compile_expression(T.residual_coefficient(T.alpha_A, "normalized"), (T.alpha_A,))
-_q_star_collapse = compile_expression(T.q_star_collapse, (T.mlp_q,) + PARAM_SYMBOLS)
+_q_star_collapse = compile_expression(T.q_star_collapse_stable, (T.mlp_q,) + PARAM_SYMBOLS)
 
 
 @dataclass(frozen=True)
@@ -333,28 +451,42 @@ def exponents(h: BlockParams, q: float | None = None) -> Exponents:
 
     q=None: the collapsed fixed point q* for residual="normalized"; for "plain", whose norm grows without
     bound (no fixed point, power-law rather than exponential dynamics), q = 1, the norm of LN'd inputs,
-    i.e. the first block of a network fed unit-norm tokens.  Neither exponent depends on n or sigma_A:
-    at collapse the attention is exactly uniform.
+    i.e. the first block of a network fed unit-norm tokens.  Also q = 1 for the normalized residual with
+    alpha_A = alpha_M = 0: that block is the identity, every norm is fixed, and both exponents are 0 at any q.
+    Otherwise q must lie in Q_RANGE, and h in sim's ranges (`check_params`).  Neither exponent depends on n or
+    sigma_A: at collapse the attention is exactly uniform.
+
+    An exponent is -inf exactly where its multiplier is exactly 0, and then it is the right value.  With the
+    normalized residual, alpha_A = 1 removes the attention's skip path, and the uniform attention at collapse
+    maps every simplex onto collapse in one block (angle); alpha_M = 1 with chi_M = 0 (sigma_w = 0 and an
+    activation with phi(0) != 0, whose MLP then outputs a constant) does the same in the MLP (angle) and
+    zeroes the block's Jacobian at collapse (gradient).
     """
-    if not isinstance(h, BlockParams):
-        raise ValueError(f"h={h!r}: must be a theory.signal_prop.BlockParams")
+    h = check_params(h)
     kernel = compiled_kernel(h.activation)
     q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
     slope = kernel.slope(h.sigma_w, h.sigma_2)
+    _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, q_M, "h")
     params = _params_vector(h)
-    if q is None and h.residual == "normalized":
+    if q is None and h.residual == "normalized" and not h.alpha_A == h.alpha_M == 0:
         q_value = _q_star_collapse(q_M, *params)
-        angle, gradient = _multipliers_normalized(q_value, q_M, slope, *params)
+        if q_value == 0:
+            # both branches output zero, so the skips shrink the tokens to q* = 0; the multipliers are then
+            # functions of q alone, homogeneous of degree 0 (tests), and take their value at q = 1
+            angle, gradient = _multipliers_at_q(1.0, q_M, slope, *params)
+        else:
+            angle, gradient = _multipliers_normalized(q_value, q_M, slope, *params)
     else:
-        q_value = 1.0 if q is None else float(q)
-        if not q_value > 0:
-            raise ValueError(f"q={q!r}: must be > 0")
+        q_value = 1.0 if q is None else _check_q("q", q)
         angle, gradient = _multipliers_at_q(q_value, q_M, slope, *params)
-    # alpha = 1 with the normalized residual removes the skip path: one block collapses exactly (-inf).
+    if not (0 <= angle < math.inf and 0 <= gradient < math.inf):   # a safety net: the ranges exclude this
+        raise ValueError(f"h={shown(h)}, q={shown(q)}: the multipliers ({shown(angle)}, {shown(gradient)}) "
+                         "leave float64's range")
     return Exponents(angle=_log(angle), gradient=_log(gradient), q=q_value)
 
 
 def _log(x: float) -> float:
+    """log x, and -inf for an exact 0 (see `exponents`)."""
     return math.log(x) if x > 0 else -math.inf
 
 
@@ -364,12 +496,14 @@ GRID_FIELDS = T.NUMERIC_FIELDS + ("alpha",)     # "alpha" sets alpha_A = alpha_M
 _KERNEL_COLUMNS = (T.NUMERIC_FIELDS.index("sigma_w"), T.NUMERIC_FIELDS.index("sigma_2"))
 
 
-def _grid_kernels(activation, normalized: bool):
+def _grid_kernels(activation, normalized: bool, at_q_star: bool):
     """Two Numba-parallel passes: the MLP kernel integrals (q_M, chi_M) once per distinct (sigma_w,
     sigma_2) of the grid, then both multipliers at every point.  The second pass builds each point's
-    parameters from the two axes as it goes, so no (points x fields) array is ever stored."""
+    parameters from the two axes as it goes, so no (points x fields) array is ever stored.
+    normalized: the residual (skip weights sqrt(1 - alpha^2)); at_q_star: at the collapsed norm q*."""
     diagonal_and_slope = compiled_kernel(activation).diagonal_and_slope
-    multipliers = _multipliers_normalized if normalized else _multipliers_at_q
+    multipliers = _multipliers_normalized if at_q_star else _multipliers_at_q
+    at_q, q_star = _multipliers_at_q, _q_star_collapse
     skip = _skip_normalized
 
     @numba.njit(parallel=True)
@@ -393,8 +527,15 @@ def _grid_kernels(activation, normalized: bool):
                     skip_a, skip_m = skip(row[0]), skip(row[1])
                 else:
                     skip_a, skip_m = 1.0, 1.0
-                a, g = multipliers(q_value, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
-                                   skip_a, skip_m, n_tokens)
+                # as in `exponents`: the identity block (both alphas 0), and blocks whose branches both
+                # output zero (q* = 0), take the multipliers at q = 1
+                if at_q_star and ((row[0] == 0.0 and row[1] == 0.0) or q_star(
+                        q_m[k], row[0], row[1], row[2], row[3], row[4], row[5], skip_a, skip_m, n_tokens) == 0.0):
+                    a, g = at_q(1.0, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
+                                skip_a, skip_m, n_tokens)
+                else:
+                    a, g = multipliers(q_value, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
+                                       skip_a, skip_m, n_tokens)
                 angle_out[i, j] = math.log(a)
                 gradient_out[i, j] = math.log(g)
     return kernel_values, grid
@@ -408,30 +549,52 @@ def _field_columns(field: str) -> np.ndarray:
     return np.array([0, 1] if field == "alpha" else [T.NUMERIC_FIELDS.index(field)], dtype=np.int64)
 
 
+def _axis_values(name: str, values) -> np.ndarray:
+    """A non-empty 1-D sequence of finite real numbers (Python, NumPy or SymPy) as a float array."""
+    allowed = f"{name}: must be a non-empty 1-D sequence of finite real numbers"
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind == "O" and array.ndim == 1:
+            array = np.array([real_number(name, v) for v in array], dtype=float)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iuf":
+        raise ValueError(allowed)
+    array = array.astype(float)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{allowed}, got {shown(float(array[~np.isfinite(array)][0]))}")
+    return array
+
+
 def _grid_axes(base: BlockParams, x_field: str, x_values, y_field: str, y_values):
     """Validated (base_row, xs, x_columns, ys, y_columns) of a grid: the numeric fields of `base` and
     each axis with the columns it sets.  Checking the axes checks every grid point (each point's value
     of a field is either the base's, already checked by BlockParams, or an axis value)."""
-    for name, field in (("x_field", x_field), ("y_field", y_field)):
-        if field not in GRID_FIELDS:
-            raise ValueError(f"{name}={field!r}: allowed values are {GRID_FIELDS}")
-    xs, ys = np.asarray(x_values, float), np.asarray(y_values, float)
-    if xs.ndim != 1 or ys.ndim != 1 or xs.size == 0 or ys.size == 0:
-        raise ValueError("x_values and y_values must be non-empty 1-D sequences")
+    check_params(base, "base")
+    x_field, y_field = (choice(name, field, GRID_FIELDS) for name, field in (("x_field", x_field),
+                                                                                ("y_field", y_field)))
+    xs, ys = _axis_values("x_values", x_values), _axis_values("y_values", y_values)
     x_columns, y_columns = _field_columns(x_field), _field_columns(y_field)
     if np.isin(x_columns, y_columns).any():
-        raise ValueError(f"x_field={x_field!r}, y_field={y_field!r}: the two axes must set different fields")
-    for values, columns in ((xs, x_columns), (ys, y_columns)):
-        bad = ~np.isfinite(values) | (values < 0)
-        if base.residual == "normalized" and columns[0] < 2:
-            bad |= values > 1
-        if bad.any():
-            column = T.NUMERIC_FIELDS[int(columns[0])]
-            raise ValueError(f"grid value of {column} outside its allowed range (>= 0, finite"
-                             + (", <= 1 for alpha with residual='normalized')" if base.residual ==
-                                "normalized" else ")"))
+        raise ValueError(f"x_field={shown(x_field)}, y_field={shown(y_field)}: the two axes must set different fields")
+    for name, values, columns in (("x_values", xs, x_columns), ("y_values", ys, y_columns)):
+        column = T.NUMERIC_FIELDS[int(columns[0])]
+        if base.residual == "normalized" and columns[0] < 2 and values.max() > 1:
+            raise ValueError(f"{name}: {column}={shown(float(values.max()))}: must lie in [0, 1] with "
+                             "residual='normalized' (the skip weight is sqrt(1 - alpha^2))")
+        _check_field_values(column, values, base.activation, f"{name}: {column}")
     base_row = np.array([getattr(base, f) for f in T.NUMERIC_FIELDS], float)
     return base_row, xs, x_columns, ys, y_columns
+
+
+def _grid_field(axes, column: int) -> np.ndarray:
+    """The values of one numeric field at every grid point, shape (ny, nx) by broadcasting."""
+    base_row, xs, x_columns, ys, y_columns = axes
+    if column in x_columns:
+        return xs[None, :]
+    if column in y_columns:
+        return ys[:, None]
+    return np.full((1, 1), base_row[column])
 
 
 def _kernel_pairs(base_row, xs, x_columns, ys, y_columns):
@@ -455,22 +618,25 @@ def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_val
                   q: float | None = None):
     """Both exponents on the grid y_values x x_values of two BlockParams fields (Numba parallel).
 
-    Returns (angle, gradient), arrays of shape (len(y_values), len(x_values)); same convention for q as
-    `exponents`.
+    Returns (angle, gradient), arrays of shape (len(y_values), len(x_values)); same convention for q, for
+    the identity block and for the cells of -inf (multipliers exactly 0) as `exponents`, which it equals
+    point by point.  Every axis value must lie in sim's range of its field (`check_params`), and no point
+    may zero the residual stream; both are checked before the multipliers are computed.
     """
     axes = _grid_axes(base, x_field, x_values, y_field, y_values)
-    normalized = base.residual == "normalized" and q is None
-    key = (base.activation, normalized)
+    q_value = 1.0 if q is None else _check_q("q", q)
+    normalized = base.residual == "normalized"
+    key = (base.activation, normalized, normalized and q is None)
     if key not in _GRID_KERNELS:
-        _GRID_KERNELS[key] = _grid_kernels(base.activation, normalized)
+        _GRID_KERNELS[key] = _grid_kernels(base.activation, *key[1:])
     kernel_values, grid = _GRID_KERNELS[key]
     pairs, stride = _kernel_pairs(*axes)
     q_m, chi = np.empty(len(pairs)), np.empty(len(pairs))
     kernel_values(pairs, q_m, chi)
-    q_value = 1.0 if q is None else float(q)
-    if not q_value > 0:
-        raise ValueError(f"q={q!r}: must be > 0")
     base_row, xs, x_columns, ys, y_columns = axes
+    point_q_m = q_m[np.add.outer(np.arange(ys.size) * stride[0], np.arange(xs.size) * stride[1])]
+    _check_stream_nonzero(base.residual, *(_grid_field(axes, c) for c in (0, 1, 3)), point_q_m,
+                          "a grid point")
     angle, gradient = np.empty((ys.size, xs.size)), np.empty((ys.size, xs.size))
     grid(base_row, xs, x_columns, ys, y_columns, stride, q_m, chi, q_value, float(base.n_tokens),
          angle, gradient)
@@ -486,17 +652,38 @@ def _with_field(h: BlockParams, field: str, value: float) -> BlockParams:
     return h.replace(**{field: float(value)})
 
 
-def edge_of_chaos(base: BlockParams, field: str = "sigma_w", bracket=(1e-3, 20.0)) -> BlockParams:
+def _bracket(name: str, pair, base: BlockParams, field: str) -> tuple:
+    """A pair (low, high) of values of `field` with low < high, both in sim's range of the field."""
+    if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+        raise ValueError(f"{name}={shown(pair)}: must be a pair (low, high)")
+    low, high = (real_number(f"{name}[{i}]", v) for i, v in enumerate(pair))
+    if not low < high:
+        raise ValueError(f"{name}={shown(pair)}: needs low < high")
+    column = T.NUMERIC_FIELDS[int(_field_columns(field)[0])]
+    if base.residual == "normalized" and column.startswith("alpha") and high > 1:
+        raise ValueError(f"{name}={shown(pair)}: {column} must lie in [0, 1] with residual='normalized'")
+    _check_field_values(column, [low, high], base.activation, f"{name}: {column}")
+    return low, high
+
+
+def edge_of_chaos(base: BlockParams, field: str = "sigma_w", bracket=None) -> BlockParams:
     """The value of one field at which the angle exponent vanishes (lambda_a = 0), the others fixed.
 
-    Raises ValueError if lambda_a does not change sign on `bracket` (no edge of chaos along that line).
+    bracket: (low, high) to search, both in sim's range of the field; default (1e-3, 20), its upper end
+    lowered to 1 - 1e-9 for alpha with the normalized residual (alpha = 1 collapses in one block) and to
+    QUADRATURE_SIGMA_W_MAX for sigma_w of a kernel by quadrature.  Raises ValueError if lambda_a does not
+    change sign on the bracket (no edge of chaos along that line).
     """
     from scipy.optimize import brentq
 
-    if field not in GRID_FIELDS:
-        raise ValueError(f"field={field!r}: allowed values are {GRID_FIELDS}")
-    lo, hi = bracket
-    if field == "alpha" or (field in ("alpha_A", "alpha_M") and base.residual == "normalized"):
+    check_params(base, "base")
+    field = choice("field", field, GRID_FIELDS)
+    normalized_alpha = field == "alpha" or (field in ("alpha_A", "alpha_M") and base.residual == "normalized")
+    if bracket is None:
+        high = min(20.0, _field_limits(field, base.activation)[1]) if field in T.NUMERIC_FIELDS else 20.0
+        bracket = (1e-3, min(high, 1.0) if normalized_alpha else high)
+    lo, hi = _bracket("bracket", bracket, base, field)
+    if normalized_alpha:
         hi = min(hi, 1.0 - 1e-9)
 
     def angle(x):
@@ -531,12 +718,18 @@ def critical_point(base: BlockParams, free=("alpha", "sigma_w"), bounds=None, to
     `CanonicalTransformer(critical_point(base).params, depth, width)`."""
     from scipy.optimize import least_squares
 
-    if len(free) != 2 or any(f not in GRID_FIELDS for f in free) or free[0] == free[1]:
-        raise ValueError(f"free={free!r}: two distinct fields from {GRID_FIELDS}")
+    check_params(base, "base")
+    if isinstance(free, str) or not isinstance(free, (tuple, list)) or len(free) != 2 or any(
+            not isinstance(f, str) or f not in GRID_FIELDS for f in free) or free[0] == free[1]:
+        raise ValueError(f"free={shown(free)}: two distinct fields from {GRID_FIELDS}")
     if bounds is None:
         upper = {"alpha": 1.0, "alpha_A": 1.0, "alpha_M": 1.0} if base.residual == "normalized" else {}
         bounds = tuple((1e-3, upper.get(f, 10.0)) for f in free)
-    (x_lo, x_hi), (y_lo, y_hi) = bounds
+    if isinstance(bounds, str) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise ValueError(f"bounds={shown(bounds)}: must be two pairs (low, high), one per free field")
+    (x_lo, x_hi), (y_lo, y_hi) = (_bracket(f"bounds[{i}]", pair, base, f)
+                                  for i, (pair, f) in enumerate(zip(bounds, free)))
+    tol = real_number("tol", tol, 0.0, open_low=True)
     xs, ys = np.linspace(x_lo, x_hi, 41), np.linspace(y_lo, y_hi, 41)
     angle, gradient = exponent_grid(base, free[0], xs, free[1], ys)
     cost = np.where(np.isfinite(angle), angle**2 + gradient**2, np.inf)
@@ -563,6 +756,10 @@ def simplex_fixed_point(h: BlockParams, rho_start: float = 0.5, attention: str =
     finder on (q_out - q, p_out - p) from the end of a 40-block trajectory."""
     from scipy.optimize import root
 
+    check_params(h, attention=attention)
+    rho_start = real_number("rho_start", rho_start, 0.0, 1.0)
+    attention = choice("attention", attention, ("finite", "large_n"))
+    n_samples = count("n_samples", n_samples, 1)
     if h.residual != "normalized":
         raise ValueError("residual='plain' has no fixed point: its norm q grows without bound")
     if exponents(h).angle <= 0:
@@ -574,7 +771,7 @@ def simplex_fixed_point(h: BlockParams, rho_start: float = 0.5, attention: str =
 
     def gap(state):
         q, p = state
-        moments = attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples)
+        moments = _attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, 0)
         q1, p1 = _attention_step(q, p, 0.0, 0.0, *moments, 0.0, 0.0, 0.0, 0.0, *params)
         rho1 = min(1.0, p1 / q1)
         kv = (kernel.diagonal(h.sigma_w, h.sigma_2), kernel.value(rho1, h.sigma_w, h.sigma_2), 0.0, 0.0)

@@ -69,6 +69,10 @@ def test_parameter_counts_match_the_released_code():
     assert count(config) == 367_624
     assert count(ModelConfig.for_task(TaskConfig(), mlp="unused")) == 1_026_184
     assert count(ModelConfig.for_task(TaskConfig(), mlp="on")) == 1_026_184 + 5 * 256  # plus a pre-MLP LayerNorm
+    for mlp in ("none", "on", "unused"):  # the count without building the model (the memory check uses it)
+        for config in (ModelConfig.for_task(TaskConfig(), mlp=mlp), ModelConfig(n_layers=2, d_model=12, n_heads=3,
+                                                                                 vocab_size=50, d_mlp=7, mlp=mlp)):
+            assert config.n_parameters == count(config), (mlp, config)
 
 
 def test_attention_blocks_are_the_qkv_split_and_attention_is_causal():
@@ -241,7 +245,14 @@ PART_TWO_CLAIMS = ("C7", "C8", "C9", "C10", "C11", "C12")
 
 
 def _claim_ids(record) -> set:
-    return {row["claim"].split()[0] for row in record["verdicts"]}
+    """The claims of the table; "runs" rows count the diverged runs of each part."""
+    return {row["claim"].split()[0] for row in record["verdicts"] if row["claim"] != "runs"}
+
+
+def _part_rows(record, part: str, claims) -> list:
+    """The rows of one part: its claims and its "runs" row."""
+    return [r for r in record["verdicts"]
+            if r["claim"].split()[0] in claims or (r["claim"] == "runs" and r["quantity"].startswith(part))]
 
 
 def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsys, monkeypatch):
@@ -266,6 +277,9 @@ def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsy
     assert computed == {"one": 1, "two": 1}
     assert record["parts"] == ["one", "two"]
     assert _claim_ids(record) == set(PART_ONE_CLAIMS + PART_TWO_CLAIMS)
+    assert [(r["quantity"].split()[:2], r["measurement"], r["verdict"]) for r in record["verdicts"]
+            if r["claim"] == "runs"] == [(["part", "one"], "0 of 1", "PASS"), (["part", "two"], "0 of 1", "PASS")]
+    assert record["divergence_policy"] and record["metrics"]["part_one"]["diverged"] == []
     assert all(set(row) == VERDICT_KEYS for row in record["verdicts"])
     assert {row["verdict"] for row in record["verdicts"]} <= {"PASS", "FAIL", "INFO"}
     config = record["config"]
@@ -292,7 +306,7 @@ def test_one_command_runs_both_parts_stores_part_two_and_resumes(tmp_path, capsy
     assert em.main(TINY_BOTH + ["--out", out, "--part", "two"]) == 0
     alone = _read(os.path.join(out, "execution_manifold.json"))
     assert alone["parts"] == ["two"] and _claim_ids(alone) == set(PART_TWO_CLAIMS)
-    assert alone["verdicts"] == [r for r in record["verdicts"] if r["claim"].split()[0] in PART_TWO_CLAIMS]
+    assert alone["verdicts"] == _part_rows(record, "part two", PART_TWO_CLAIMS)
     assert computed == {"one": 1, "two": 1}
 
     # --fresh discards the stored row and computes again (a stand-in run here: test_run_part_two_smoke in

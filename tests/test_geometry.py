@@ -3,6 +3,7 @@ models that calibrate it)."""
 import numpy as np
 import pytest
 
+import validate.geometry as face
 from validate._execution_manifold import geometry as g
 
 
@@ -297,19 +298,232 @@ def test_spearman_and_block_permutation():
 
 
 # ---------------------------------------------------------------- bad input -------------------------------
+# Every function validate.geometry re-exports, given bad inputs (non-finite, wrong shapes, empty, q outside
+# (0, 1], wrong kinds of numbers): a ValueError naming the input, never a NaN, a TypeError or a wrong number.
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: g.effective_dimension(np.zeros(5)), "2-D"),
-    (lambda: g.effective_dimension(np.zeros((1, 5))), "at least 2"),
-    (lambda: g.effective_dimension(np.ones((3, 3)), q=1.5), "q must be"),
-    (lambda: g.effective_dimension(np.full((3, 3), np.nan)), "NaN"),
-    (lambda: g.principal_directions(np.ones((3, 3)), 5), "k must be"),
-    (lambda: g.window_dimension_curve(np.eye(4), window=9), "window"),
-    (lambda: g.routing_coordinate(np.ones((5, 2)), np.ones(4)), "candidates"),
-])
-def test_bad_input_raises_value_error(call, message):
-    with pytest.raises(ValueError, match=message):
+_rng = np.random.default_rng(0)
+_X = np.cumsum(_rng.standard_normal((12, 30)), axis=0)
+_G = g.increment_gram(_X)
+_S = g.variance_spectrum(_X)
+_A = np.full((3, 8), 1 / 8)
+_U = np.linalg.qr(_rng.standard_normal((30, 3)))[0]
+_r = np.linspace(0.0, 1.0, 12)
+_H = 2.0 - np.tanh(4 * (_r - 0.5))
+_NAN_X = np.where(np.arange(_X.size).reshape(_X.shape) == 40, np.nan, _X)
+
+
+def _commutator_case(lr=1e-3, loss=None, model=None):
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1) if model is None else model
+    loss = (lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()) if loss is None else loss
+    a, b = (torch.randn(4, 3), torch.randn(4, 1)), (torch.randn(4, 3), torch.randn(4, 1))
+    return face.sgd_commutator(model, loss, a, b, lr)
+
+
+def _nan_loss(model, batch):
+    return model(batch[0]).sum() * float("nan")
+
+
+BAD_API_INPUT = [  # (function, input, call, what the ValueError must say)
+    ("effective_dimension", "NaN in X", lambda: face.effective_dimension(_NAN_X), "X contains NaN"),
+    ("effective_dimension", "inf in X", lambda: face.effective_dimension(np.nan_to_num(_NAN_X, nan=np.inf)),
+     "X contains NaN"),
+    ("effective_dimension", "1-D X", lambda: face.effective_dimension(_X[0]), "2-D"),
+    ("effective_dimension", "3-D X", lambda: face.effective_dimension(_X[None]), "2-D"),
+    ("effective_dimension", "no rows", lambda: face.effective_dimension(np.zeros((0, 5))), "at least 2 rows"),
+    ("effective_dimension", "one row", lambda: face.effective_dimension(np.zeros((1, 5))), "at least 2 rows"),
+    ("effective_dimension", "no columns", lambda: face.effective_dimension(np.zeros((5, 0))), "one column"),
+    ("effective_dimension", "strings", lambda: face.effective_dimension([["a", "b"], ["c", "d"]]), "X must be"),
+    ("effective_dimension", "q = 0", lambda: face.effective_dimension(_X, q=0), "q="),
+    ("effective_dimension", "q = 1.01", lambda: face.effective_dimension(_X, q=1.01), "q="),
+    ("effective_dimension", "q = NaN", lambda: face.effective_dimension(_X, q=float("nan")), "q="),
+    ("effective_dimension", "q = 'x'", lambda: face.effective_dimension(_X, q="x"), "q="),
+    ("effective_dimension", "q = True", lambda: face.effective_dimension(_X, q=True), "q="),
+    ("variance_spectrum", "NaN", lambda: face.variance_spectrum(_NAN_X), "X contains NaN"),
+    ("variance_spectrum", "X * 1e200 (overflows)", lambda: face.variance_spectrum(_X * 1e200), "overflows"),
+    ("participation_ratio", "NaN", lambda: face.participation_ratio(_NAN_X), "X contains NaN"),
+    ("entropy_effective_rank", "1-D", lambda: face.entropy_effective_rank(_X[0]), "2-D"),
+    ("increment_dimension", "q = 2", lambda: face.increment_dimension(_X, 2), "q="),
+    ("increment_gram", "one row", lambda: face.increment_gram(_X[:1]), "at least 2 rows"),
+    ("increment_gram", "X * 1e200 (overflows)", lambda: face.increment_gram(_X * 1e200), "overflows"),
+    ("rank_at_fraction", "NaN", lambda: face.rank_at_fraction([1.0, np.nan]), "spectrum contains NaN"),
+    ("rank_at_fraction", "inf", lambda: face.rank_at_fraction([np.inf, 1.0]), "spectrum contains NaN"),
+    ("rank_at_fraction", "negative", lambda: face.rank_at_fraction([1.0, -5.0]), "negative"),
+    ("rank_at_fraction", "empty", lambda: face.rank_at_fraction([]), "non-empty 1-D"),
+    ("rank_at_fraction", "2-D", lambda: face.rank_at_fraction(np.ones((2, 2))), "non-empty 1-D"),
+    ("capped_rank_at_fraction", "n_components = 0", lambda: face.capped_rank_at_fraction(_S, 0.9, 0),
+     "n_components"),
+    ("capped_rank_at_fraction", "n_components = 2.5", lambda: face.capped_rank_at_fraction(_S, 0.9, 2.5),
+     "n_components=2.5: must be an integer"),
+    ("pc1_fraction_of_spectrum", "NaN", lambda: face.pc1_fraction_of_spectrum([np.nan, 1.0]), "NaN"),
+    ("pc1_fraction_of_spectrum", "empty", lambda: face.pc1_fraction_of_spectrum([]), "non-empty"),
+    ("spectrum_from_increment_gram", "not square", lambda: face.spectrum_from_increment_gram(np.ones((3, 4))),
+     "square"),
+    ("spectrum_from_increment_gram", "0 x 0", lambda: face.spectrum_from_increment_gram(np.zeros((0, 0))),
+     "square"),
+    ("spectrum_from_increment_gram", "not symmetric",
+     lambda: face.spectrum_from_increment_gram(np.triu(np.ones((3, 3)))), "Gram matrix"),
+    ("spectrum_from_increment_gram", "NaN", lambda: face.spectrum_from_increment_gram(np.full((3, 3), np.nan)),
+     "NaN"),
+    ("trajectory_statistics", "q = 0", lambda: face.trajectory_statistics(_G, 0), "q="),
+    ("prefix_dimension_curve", "min_snapshots = 1", lambda: face.prefix_dimension_curve(_G, 0.9, 1),
+     "min_snapshots"),
+    ("window_dimension_curve", "window = 2.5", lambda: face.window_dimension_curve(_G, 2.5), "window"),
+    ("window_dimension_curve", "window > n", lambda: face.window_dimension_curve(np.eye(4), window=9), "window"),
+    ("collapse_index", "empty", lambda: face.collapse_index([], 1.0), "curve must be"),
+    ("collapse_index", "NaN", lambda: face.collapse_index([np.nan, 1.0], 1.0), "curve contains NaN"),
+    ("collapse_index", "final_value NaN", lambda: face.collapse_index([3.0, 1.0], np.nan), "final_value"),
+    ("collapse_index", "slack < 0", lambda: face.collapse_index([3.0, 1.0], 1.0, -1), "slack"),
+    ("collapse_index", "never settles", lambda: face.collapse_index([1.0, 5.0], 1.0), "never settles"),
+    ("null_increment_gram", "ambient_dim = 0", lambda: face.null_increment_gram(_G, "random_walk", 0, 1),
+     "ambient_dim"),
+    ("null_increment_gram", "ambient_dim = 2.5", lambda: face.null_increment_gram(_G, "random_walk", 2.5, 1),
+     "ambient_dim"),
+    ("null_increment_gram", "rng = None", lambda: face.null_increment_gram(_G, "shuffled_increments", 30, None),
+     "rng"),
+    ("null_increment_gram", "unknown kind", lambda: face.null_increment_gram(_G, "snapshots", 30, 1), "null kind"),
+    ("null_calibration", "ambient_dim < 0", lambda: face.null_calibration(_G, -1, n_draws=5), "ambient_dim"),
+    ("null_calibration", "seed < 0", lambda: face.null_calibration(_G, 30, n_draws=5, seed=-1), "seed"),
+    ("null_calibration", "n_draws = 1", lambda: face.null_calibration(_G, 30, n_draws=1), "n_draws"),
+    ("null_calibration", "n_draws = 2.5", lambda: face.null_calibration(_G, 30, n_draws=2.5), "n_draws"),
+    ("null_calibration", "unknown kinds", lambda: face.null_calibration(_G, 30, n_draws=5, kinds=("x",)), "kinds"),
+    ("null_calibration", "no kinds", lambda: face.null_calibration(_G, 30, n_draws=5, kinds=()), "kinds"),
+    ("NullComparison.of", "empty null", lambda: face.NullComparison.of(1.0, []), "null_values"),
+    ("NullComparison.of", "NaN observed", lambda: face.NullComparison.of(np.nan, [1.0, 2.0]), "observed"),
+    ("NullComparison.of", "NaN in the null", lambda: face.NullComparison.of(1.0, [np.nan, 2.0]), "null_values"),
+    ("principal_directions", "k = 0", lambda: face.principal_directions(_X, 0), "k="),
+    ("principal_directions", "k = 1.5", lambda: face.principal_directions(_X, 1.5), ": must be an integer"),
+    ("principal_directions", "k > n - 1", lambda: face.principal_directions(np.ones((3, 3)), 5), "k="),
+    ("principal_directions", "k > D", lambda: face.principal_directions(_X[:, :2], 3), "k="),
+    ("pc_coordinates", "k > n - 1", lambda: face.pc_coordinates(_X, 50), "k="),
+    ("subspace_overlap", "K = 0", lambda: face.subspace_overlap(np.zeros((5, 0)), np.zeros((5, 0))), "1 <= K"),
+    ("subspace_overlap", "NaN", lambda: face.subspace_overlap(_U * np.nan, _U), "U contains NaN"),
+    ("subspace_overlap", "not orthonormal", lambda: face.subspace_overlap(_U * 3, _U), "orthonormal"),
+    ("subspace_overlap", "shapes differ", lambda: face.subspace_overlap(_U, _U[:, :2]), "equal shape"),
+    ("random_subspace_overlaps", "k = 0", lambda: face.random_subspace_overlaps(10, 0, 5), "k="),
+    ("random_subspace_overlaps", "k > D", lambda: face.random_subspace_overlaps(3, 5, 5), "k="),
+    ("random_subspace_overlaps", "n_draws = 0", lambda: face.random_subspace_overlaps(10, 2, 0), "n_draws"),
+    ("attention_entropy", "NaN", lambda: face.attention_entropy(_A * np.nan), "A contains NaN"),
+    ("attention_entropy", "negative weights", lambda: face.attention_entropy(-_A), ">= 0"),
+    ("attention_entropy", "eps < 0", lambda: face.attention_entropy(_A, -1), "eps"),
+    ("attention_entropy", "0-d", lambda: face.attention_entropy(0.5), "last axis"),
+    ("top_k_mass", "k = 0", lambda: face.top_k_mass(_A, 0), "k="),
+    ("top_k_mass", "k = 2.5", lambda: face.top_k_mass(_A, 2.5), ": must be an integer"),
+    ("top_k_mass", "0-d A", lambda: face.top_k_mass(1.0, 1), "last axis"),
+    ("top_k_mass", "NaN", lambda: face.top_k_mass(_A * np.nan, 1), "A contains NaN"),
+    ("target_mass", "shapes do not broadcast", lambda: face.target_mass(_A, np.ones((2, 5))), "target_mask"),
+    ("target_mass", "NaN", lambda: face.target_mass(_A * np.nan, np.ones(8)), "A contains NaN"),
+    ("spearman", "length 1", lambda: face.spearman([1.0], [2.0]), "length >= 2"),
+    ("spearman", "empty", lambda: face.spearman([], []), "length >= 2"),
+    ("spearman", "NaN", lambda: face.spearman([1.0, np.nan, 3.0], [1.0, 2.0, 3.0]), "a contains NaN"),
+    ("routing_coordinate", "NaN entropy", lambda: face.routing_coordinate(_X[:, :3], _H * np.nan), "entropy"),
+    ("routing_coordinate", "no candidates", lambda: face.routing_coordinate(np.zeros((12, 0)), _H), "c >= 1"),
+    ("routing_coordinate", "lengths differ", lambda: face.routing_coordinate(np.ones((5, 2)), np.ones(4)),
+     "candidates"),
+    ("routing_coordinate", "n_permutations = 0", lambda: face.routing_coordinate(_X[:, :3], _H, n_permutations=0),
+     "n_permutations"),
+    ("routing_coordinate", "block_length = 0", lambda: face.routing_coordinate(_X[:, :3], _H, 10, 0),
+     "block_length"),
+    ("saturation_curve", "tau = 0", lambda: face.saturation_curve(_r, 0.0, 1.0, 0.5, 0.0), "tau"),
+    ("saturation_curve", "h_min NaN", lambda: face.saturation_curve(_r, np.nan, 1.0, 0.5, 0.1), "h_min"),
+    ("fit_saturation", "NaN entropy", lambda: face.fit_saturation(_r, _H * np.nan), "entropy contains NaN"),
+    ("fit_saturation", "constant r", lambda: face.fit_saturation(np.ones(12), _H), "r is constant"),
+    ("fit_saturation", "constant entropy", lambda: face.fit_saturation(_r, np.ones(12)), "entropy is constant"),
+    ("fit_saturation", "h_bounds NaN", lambda: face.fit_saturation(_r, _H, (np.nan, 5.0)), "h_bounds"),
+    ("fit_saturation", "h_bounds too narrow", lambda: face.fit_saturation(_r, _H, (1.5, 2.0)), "h_bounds"),
+    ("fit_saturation", "4 points", lambda: face.fit_saturation(_r[:4], _H[:4]), "length >= 5"),
+    ("sgd_commutator", "lr = inf", lambda: _commutator_case(float("inf")), "lr="),
+    ("sgd_commutator", "lr = NaN", lambda: _commutator_case(float("nan")), "lr="),
+    ("sgd_commutator", "lr = 0", lambda: _commutator_case(0.0), "lr="),
+    ("sgd_commutator", "lr = -1", lambda: _commutator_case(-1.0), "lr="),
+    ("sgd_commutator", "lr = 'x'", lambda: _commutator_case("x"), "lr="),
+    ("sgd_commutator", "lr = 1e200 (no float32 step)", lambda: _commutator_case(1e200), "lr"),
+    ("sgd_commutator", "lr = 1e30 (the steps overflow)", lambda: _commutator_case(1e30), "smaller lr"),
+    ("sgd_commutator", "loss not a scalar", lambda: _commutator_case(loss=lambda m, b: m(b[0])), "scalar tensor"),
+    ("sgd_commutator", "NaN loss", lambda: _commutator_case(loss=_nan_loss), "finite loss"),
+    ("sgd_commutator", "no parameters", lambda: _commutator_case(model=__import__("torch").nn.ReLU()),
+     "no parameters"),
+]
+
+
+@pytest.mark.parametrize("function, case, call, message", BAD_API_INPUT,
+                         ids=[f"{f}: {c}" for f, c, _, _ in BAD_API_INPUT])
+def test_bad_input_raises_a_value_error_naming_it(function, case, call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call()
+
+
+def test_every_reexported_function_has_bad_input_cases():
+    import validate.geometry as public
+    tried = {f.split(".")[0] for f, _, _, _ in BAD_API_INPUT}
+    functions = {name for name in public.__all__ if callable(getattr(public, name))}
+    untried = functions - tried - {"RoutingCoordinate", "SaturationFit"}  # result records, not inputs
+    assert not untried, untried
+
+
+# ---------------------------------------------------------------- the right answer at every scale ----------
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-100, 1e-8, 1.0, 1e8, 1e100, 1e200])
+def test_ratio_measures_do_not_depend_on_the_scale_of_x(scale):
+    """r_q, PR, the code's entropy rank, increment r_q and every null statistic are ratios of variances: X * c
+    gives what X gives (the old code underflowed to 0 at 1e-200 and did not converge at 1e200)."""
+    X = smooth_curve_in_subspace(k=3, ambient_dim=200, n_snapshots=21)
+    assert face.effective_dimension(X * scale) == face.effective_dimension(X) >= 1
+    assert face.participation_ratio(X * scale) == pytest.approx(face.participation_ratio(X), rel=1e-9)
+    # singular values (not their squares) of the round-off directions change at 1e-8 when X * c rounds
+    assert face.entropy_effective_rank(X * scale) == pytest.approx(face.entropy_effective_rank(X), rel=1e-6)
+    assert face.increment_dimension(X * scale) == face.increment_dimension(X)
+    U, V = face.principal_directions(X * scale, 3), face.principal_directions(X, 3)
+    assert face.subspace_overlap(U, V) == pytest.approx(1.0)
+    G = face.increment_gram(X) * min(scale, 1e100)  # a Gram matrix is X's scale squared: keep it representable
+    assert face.trajectory_statistics(G) == pytest.approx(face.trajectory_statistics(face.increment_gram(X)))
+    r, H = softmax_entropy_along_a_ray()
+    fit = face.fit_saturation(r * scale, H)
+    assert fit.r_squared == pytest.approx(face.fit_saturation(r, H).r_squared, rel=1e-6)
+    assert fit.tau / scale == pytest.approx(face.fit_saturation(r, H).tau, rel=1e-6)
+
+
+def test_degenerate_inputs_have_documented_answers():
+    still = np.zeros((5, 3))  # nothing moves: dimension 0 (the docstring's value), not a ValueError
+    assert face.effective_dimension(still) == 0 and face.participation_ratio(still) == 0.0
+    assert face.increment_dimension(still) == 0 and face.entropy_effective_rank(still) == 0.0
+    U = face.principal_directions(still, 2)  # every direction has variance 0: an orthonormal completion
+    np.testing.assert_allclose(U.T @ U, np.eye(2), atol=1e-12)
+    line = np.outer(np.arange(6.0), [1.0, 0.0, 0.0])  # one direction moves; the others complete it
+    U = face.principal_directions(line, 3)
+    np.testing.assert_allclose(U.T @ U, np.eye(3), atol=1e-12)
+    assert abs(U[0, 0]) == pytest.approx(1.0)
+    assert face.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == 0.0  # a constant series has no order: 0
+    assert face.rank_at_fraction([0.0, 0.0]) == 0 and face.pc1_fraction_of_spectrum([0.0, 0.0]) == 0.0
+    assert face.attention_entropy([[1.0, 0.0]], eps=0.0)[0] == 0.0  # 0 log 0 = 0
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    X, G = _X, _G
+    assert face.effective_dimension(X, q=np.float32(0.9)) == face.effective_dimension(X, q=float(np.float32(0.9)))
+    assert face.principal_directions(X, np.int64(2)).shape == (30, 2)
+    assert face.pc_coordinates(X, np.int32(2)).shape == (12, 2)
+    assert len(face.window_dimension_curve(G, np.int64(4), q=np.float64(0.9))) == 9
+    assert len(face.prefix_dimension_curve(G, min_snapshots=np.int16(3))) == 10
+    assert face.capped_rank_at_fraction(_S, np.float32(0.9), np.int64(8)) >= 1
+    nulls = face.null_calibration(G, np.int64(30), n_draws=np.int64(5), seed=np.uint8(1))
+    assert nulls == face.null_calibration(G, 30, n_draws=5, seed=1)
+    assert face.random_subspace_overlaps(np.int64(10), np.int64(2), np.int64(3)).shape == (3,)
+    assert face.top_k_mass(_A, np.int64(2)) == pytest.approx(np.full(3, 0.25))
+    assert face.routing_coordinate(X[:, :3], _H, np.int64(10), np.int64(2), np.int64(0)).index in (0, 1, 2)
+    assert face.null_increment_gram(G, "random_walk", np.int64(30), np.int64(3)).shape == G.shape
+    delta = _commutator_case(np.float32(1e-3))
+    assert delta.shape == (4,) and bool(delta.isfinite().all())
+
+
+def test_sgd_commutator_leaves_frozen_parameters_where_they_are():
+    import torch
+    torch.manual_seed(0)
+    frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+    model = torch.nn.Sequential(frozen, torch.nn.Linear(3, 1))
+    delta = _commutator_case(model=model)
+    assert delta.shape == (16,) and torch.count_nonzero(delta[:12]) == 0 and bool(delta.isfinite().all())
 
 
 def test_public_face_reexports_the_api_other_code_relies_on():

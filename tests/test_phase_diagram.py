@@ -159,8 +159,10 @@ def test_cli_writes_json_and_figure_a_rerun_resumes_and_figures_are_left_alone(t
     for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells"):
         assert key in metrics and record[key] == metrics[key]
     assert len(record["points"]) == 3 * 2 * 2 and record["store"]["models_trained_now"] == 12
-    assert [row["quantity"] for row in record["verdicts"]] == ["Spearman(final test loss, |lambda|)",
-                                                              "loss minimum to predicted critical point"]
+    assert [row["quantity"] for row in record["verdicts"]] == [
+        "Spearman(final test loss, |lambda|)", "loss minimum to predicted critical point",
+        "runs diverged (NaN or inf loss, gradient or test loss)"]
+    assert record["verdicts"][2]["verdict"] == "INFO" and metrics["diverged_runs"] == 0 and metrics["runs"] == 12
     assert (out / "phase_diagram.png").stat().st_size > 10_000
 
     assert main(SMALL + ["--out", str(out)]) == 0          # everything stored: nothing retrained

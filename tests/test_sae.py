@@ -124,8 +124,18 @@ def test_paper_code_splice_is_inert_unless_a_value_sits_at_the_readout(small_mod
     assert before == after
 
 
-def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="kind"):
-        saes.SAEConfig(kind="jumprelu")
-    with pytest.raises(ValueError, match="k <= d_sae"):
-        saes.SAEConfig(d_sae=8, k=16)
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "jumprelu"}, "kind"), ({"d_sae": 8, "k": 16}, "k <= d_sae"), ({"d_sae": 0}, "d_sae"),
+    ({"k": 0}, "k"), ({"k": 2.5}, "k"), ({"l1": -0.1}, "l1"), ({"l1": float("nan")}, "l1"),
+    ({"lr": float("inf")}, "lr"), ({"lr": 0.0}, "lr"), ({"steps": 0}, "steps"), ({"batch_size": 0}, "batch_size"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_config_is_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        saes.SAEConfig(**fields)
+
+
+def test_config_takes_numpy_numbers_as_python_ones():
+    config = saes.SAEConfig(d_sae=np.int64(32), k=np.int32(4), l1=np.float32(0.5), steps=np.int64(3))
+    assert (type(config.d_sae), type(config.k), type(config.l1)) == (int, int, float)
+    assert config == saes.SAEConfig(d_sae=32, k=4, l1=float(np.float32(0.5)), steps=3)

@@ -14,9 +14,9 @@ from theory import scan_snap as th
 from validate import scan_snap, scan_snap_sweep
 from validate._common import cli, reporting
 from validate._scan_snap import analysis as an
-from validate._scan_snap import fig6
+from validate._scan_snap import experiment, fig6
 from validate._scan_snap.experiment import ScanSnapConfig
-from validate._scan_snap.models import OneLayerTransformer, SyntheticSequences, TrainConfig, YZModel
+from validate._scan_snap.models import OneLayerTransformer, SyntheticSequences, TrainConfig, YZModel, train
 
 
 def test_yz_gradients_equal_lemma1():
@@ -72,6 +72,62 @@ def test_drop_order_tau_counts_censored_pairs():
     assert np.isnan(an.drop_order_tau(P, [np.inf] * 4)[0])
 
 
+def test_train_stops_where_a_run_diverges_and_says_at_which_step():
+    # Y(0) = Z(0) = 0: step 1 moves Y by ~eta_Y, step 2 moves Z by ~eta_Z * |Y| = 1e380, past float64
+    blown = train(TrainConfig(lr_z=1e190, lr_ratio=1.0, steps=10, batch=32, seq_len=32), range(11))
+    assert blown.diverged_step == 2 and len(blown.loss) == 2 and list(blown.steps) == [0, 1]
+    assert np.all(np.isfinite(blown.Y)) and np.all(np.isfinite(blown.loss))
+    fine = train(TrainConfig(steps=4, batch=8, seq_len=8), [0, 4])
+    assert fine.diverged_step is None and list(fine.steps) == [0, 4] and fine.Z.shape == (2, 2, 34)
+
+
+def test_entropy_of_non_finite_attention_is_nan_not_a_number_that_passes():
+    classes = th.syn_small()
+    attention = np.full((3, 2, 34), 1 / 34)
+    attention[1, 0, 12] = np.nan  # a distinct token of class 0
+    attention[2, 1, 25] = np.inf  # one of class 1
+    entropy = an.entropy_distinct(classes, attention)
+    assert entropy[0] == pytest.approx(np.log(10)) and np.isnan(entropy[1:]).all()
+
+
+def test_first_nonfinite_step():
+    steps = [0, 2, 4]
+    assert an.first_nonfinite_step(steps, np.ones((3, 2)), np.zeros(3)) is None
+    assert an.first_nonfinite_step(steps, np.array([[1.0], [np.inf], [np.nan]])) == 2
+    assert an.first_nonfinite_step(steps, np.ones(3), np.array([1.0, 1.0, np.nan])) == 4
+
+
+def test_logged_steps_end_at_the_last_step():
+    # an odd or single step count used to end the logs early (steps=1 logged only step 0 and crashed the ODE)
+    assert list(experiment._logged_steps(1)) == [0, 1]
+    assert experiment._logged_steps(11)[-1] == 11 and experiment._logged_steps(1001)[-1] == 1001
+
+
+def test_power_law_fits_the_known_points_only():
+    assert experiment._power_law([1.0, 2.0], [3.0, None]) == (None, None)
+    slope, se = experiment._power_law([1.0, 2.0, 4.0], [8.0, None, 2.0])
+    assert slope == pytest.approx(-1.0) and se is None
+    slope, se = experiment._power_law([1.0, 2.0, 4.0, 8.0], [8.0, 4.0, 2.0, 1.0])
+    assert slope == pytest.approx(-1.0) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_aggregate_leaves_diverged_runs_out_and_counts_them():
+    cfg = fig6.SweepConfig(next_tokens=(2,), lr_z=(1.0,), ratios=(1.0, 2.0), seeds=(1, 2, 3))
+    point = {p["lr_ratio"]: p for p in cfg.points()}
+    rows = [{"point": point[1.0], "seed": 1, "result": {"entropy_final": 1.0, "diverged_step": None}},
+            {"point": point[1.0], "seed": 2, "result": {"entropy_final": 2.0}},  # a row of an older store
+            {"point": point[1.0], "seed": 3, "result": {"entropy_final": None, "diverged_step": 7}},
+            {"point": point[2.0], "seed": 1, "result": {"entropy_final": float("nan")}},  # older store, blown up
+            {"point": point[2.0], "seed": 2, "result": {"entropy_final": None, "diverged_step": 3}}]
+    agg = fig6.aggregate(rows, cfg)
+    assert agg["mean"][0, 0, 0] == 1.5 and np.isnan(agg["mean"][0, 0, 1])
+    assert agg["finite"].tolist() == [[[2, 0]]] and agg["diverged"].tolist() == [[[1, 2]]]
+    assert [(d["ratio"], d["seed"], d["step"]) for d in agg["diverged_runs"]] == [(1.0, 3, 7), (2.0, 1, None),
+                                                                                  (2.0, 2, 3)]
+    rows_ = fig6.verdicts(agg, cfg)
+    assert rows_[0].verdict == "FAIL" and rows_[0].measurement.startswith("3 of 5")
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="lr_z"):
         TrainConfig(lr_z=-1.0)
@@ -100,9 +156,9 @@ VERDICT_KEYS = {"claim", "measure", "quantity", "prediction", "measurement", "to
     (scan_snap_sweep, ["--ratios", "1", "1"], "distinct"),
     (scan_snap_sweep, ["--workers", "-1"], "--workers"),
 ])
-def test_bad_input_exits_2(command, args, message, capsys):
+def test_bad_input_exits_2(command, args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        command.main([*args, "--out", "/nonexistent/never-written"])
+        command.main([*args, "--out", str(tmp_path / "never-written")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
 
@@ -149,9 +205,12 @@ def figures_dir(tmp_path, monkeypatch):
     return directory
 
 
+def _refuse(token):
+    raise AssertionError(f"non-strict JSON token {token}")
+
+
 def _check_record(path, command):
-    record = json.loads(path.read_text())  # strict JSON: json.loads would accept NaN, so check the text too
-    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    record = json.loads(path.read_text(), parse_constant=_refuse)  # strict JSON: no NaN/Infinity tokens
     assert set(SCHEMA) <= set(record) and record["command"] == command
     assert record["verdicts"] and all(set(row) == VERDICT_KEYS for row in record["verdicts"])
     assert {row["verdict"] for row in record["verdicts"]} <= {"PASS", "FAIL", "INFO"}

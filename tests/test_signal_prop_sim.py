@@ -59,10 +59,15 @@ def test_block_map_and_exponents_match_sympy_at_30_digits():
     exp_points = _random_points(rng, 6, [(0.2, 3.0), (0.1, 1.0), (0.1, 2.0)] + params)
     _check_compiled((T.angle_multiplier, T.gradient_multiplier), S._EXPONENT_ARGS, S._multipliers_at_q,
                     exp_points)
-    _check_compiled(T.q_star_collapse, (T.mlp_q,) + S.PARAM_SYMBOLS, S._q_star_collapse,
-                    [point[1:2] + point[3:] for point in exp_points])
-    normalized = tuple(e.subs(T.q, T.q_star_collapse) for e in (T.angle_multiplier, T.gradient_multiplier))
-    _check_compiled(normalized, S._EXPONENT_ARGS, S._multipliers_normalized, exp_points)
+    # q* is compiled in its cancellation-free form (skip weights kept as symbols): against that form at any
+    # point, and against the expanded q_star_collapse where the skips are the normalized ones, sqrt(1 - alpha^2)
+    skips = [point[:9] + ((1 - point[3] ** 2) ** 0.5, (1 - point[4] ** 2) ** 0.5) + point[11:]
+             for point in exp_points]
+    for expression, points in ((T.q_star_collapse_stable, exp_points), (T.q_star_collapse, skips)):
+        _check_compiled(expression, (T.mlp_q,) + S.PARAM_SYMBOLS, S._q_star_collapse,
+                        [point[1:2] + point[3:] for point in points])
+        normalized = tuple(e.subs(T.q, expression) for e in (T.angle_multiplier, T.gradient_multiplier))
+        _check_compiled(normalized, S._EXPONENT_ARGS, S._multipliers_normalized, points)
     _check_compiled((T.logit_shared_std, T.logit_private_std), (T.rho, T.sigma_A), S._logit_stds,
                     _random_points(rng, 4, [(0.0, 1.0), (0.1, 3.0)]))
     large = tuple(T.attention_moments_large_n[m] for m in T.ATTENTION_MOMENTS)

@@ -134,3 +134,13 @@ def test_theory_command_line(module, section, printed, capsys):
     assert err.count("\n") == 1 and "--bogus" in err
     theory.main(["--section", section])
     assert printed in capsys.readouterr().out
+
+
+def test_stable_collapsed_norm_equals_the_solved_one():
+    """q_star_collapse_stable (every term positive, what sim evaluates) is q_star_collapse once the skip
+    weights are the normalized residual's sqrt(1 - alpha^2)."""
+    normalized = {T.a_A: sp.sqrt(1 - T.alpha_A**2), T.a_M: sp.sqrt(1 - T.alpha_M**2)}
+    assert sp.simplify(T.q_star_collapse_stable.subs(normalized) - T.q_star_collapse) == 0
+    numerator, denominator = sp.fraction(T.q_star_collapse_stable)
+    assert all(term.could_extract_minus_sign() is False for term in sp.Add.make_args(sp.expand(numerator))
+               + sp.Add.make_args(sp.expand(denominator)))

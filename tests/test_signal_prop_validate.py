@@ -125,6 +125,9 @@ def test_small_run_writes_json_and_figure_and_leaves_figures_alone(tmp_path):
     assert len(data["metrics"]["normalized-ordered"]["measured"]["rho"]["mean"]) == 4
     assert [row["claim"] for row in data["verdicts"]] == ["normalized-ordered"] * 5
     assert {row["verdict"] for row in data["verdicts"]} <= {"PASS", "FAIL"}
+    assert data["metrics"]["normalized-ordered"]["out_of_float32_range"] == {
+        "networks": 2, "events": [], "networks_by_quantity": {k: 0 for k in ("q", "p", "rho", "jacobian", "angle",
+                                                                             "gradient")}}
 
     V.run(cfg, quiet=True, update_figures=True, figures_dir=str(figures))
     assert [p.name for p in figures.iterdir()] == ["signal_prop.png"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from theory._cli import print_sections, section_parser
+from theory._cli import count, print_sections, section_parser, shown
 
 eta = sp.Symbol("eta", positive=True)
 
@@ -40,23 +40,42 @@ eta = sp.Symbol("eta", positive=True)
 # Explicit losses: the exact commutator and its series in eta
 # ----------------------------------------------------------------------------------------------------------
 
+def _check_loss(name: str, loss, theta) -> None:
+    """A scalar SymPy expression and a non-empty sequence of distinct symbols theta; a ValueError otherwise."""
+    if isinstance(theta, (str, sp.Basic)) or not hasattr(theta, "__len__") or len(theta) == 0 or any(
+            not isinstance(t, sp.Symbol) for t in theta) or len(set(theta)) != len(theta):
+        raise ValueError(f"theta={shown(theta)}: must be a non-empty sequence of distinct SymPy symbols")
+    if not isinstance(loss, sp.Expr) or isinstance(loss, sp.MatrixBase):
+        raise ValueError(f"{name}={shown(loss)}: must be a scalar SymPy expression")
+
+
 def gradient(loss, theta) -> sp.Matrix:
     """Column vector of partial derivatives of a scalar loss with respect to the symbols theta."""
+    _check_loss("loss", loss, theta)
     return sp.Matrix([sp.diff(loss, t) for t in theta])
 
 
 def hessian(loss, theta) -> sp.Matrix:
+    _check_loss("loss", loss, theta)
     return sp.hessian(loss, theta)
 
 
 def sgd_step(loss, theta, point: sp.Matrix, step=eta) -> sp.Matrix:
     """point - step * grad L(point): one plain SGD step (Xu 2026, section 3.3.2)."""
+    if not isinstance(point, sp.MatrixBase) or point.shape != (len(theta), 1):
+        raise ValueError(f"point={shown(point)}: must be a {len(theta)} x 1 sympy.Matrix")
     substitution = dict(zip(theta, point))
     return point - step * gradient(loss, theta).subs(substitution, simultaneous=True)
 
 
+def _check_losses(loss_a, loss_b, theta) -> None:
+    _check_loss("loss_a", loss_a, theta)
+    _check_loss("loss_b", loss_b, theta)
+
+
 def commutator_exact(loss_a, loss_b, theta, step=eta) -> sp.Matrix:
     """theta_AB - theta_BA for two SGD steps from theta, exactly (a function of theta and the step)."""
+    _check_losses(loss_a, loss_b, theta)
     start = sp.Matrix(theta)
     theta_ab = sgd_step(loss_b, theta, sgd_step(loss_a, theta, start, step), step)
     theta_ba = sgd_step(loss_a, theta, sgd_step(loss_b, theta, start, step), step)
@@ -65,6 +84,7 @@ def commutator_exact(loss_a, loss_b, theta, step=eta) -> sp.Matrix:
 
 def lie_bracket_term(loss_a, loss_b, theta, step=eta) -> sp.Matrix:
     """The leading term eta^2 (H_B g_A - H_A g_B) for explicit losses."""
+    _check_losses(loss_a, loss_b, theta)
     g_a, g_b = gradient(loss_a, theta), gradient(loss_b, theta)
     return (step ** 2 * (hessian(loss_b, theta) * g_a - hessian(loss_a, theta) * g_b)).applyfunc(sp.expand)
 
@@ -78,13 +98,15 @@ def _third_derivative_contraction(loss, theta, vector: sp.Matrix) -> sp.Matrix:
 
 def next_order_term(loss_a, loss_b, theta, step=eta) -> sp.Matrix:
     """The eta^3 term -(eta^3 / 2) (T_B[g_A, g_A] - T_A[g_B, g_B]) for explicit losses."""
+    _check_losses(loss_a, loss_b, theta)
     g_a, g_b = gradient(loss_a, theta), gradient(loss_b, theta)
     term = _third_derivative_contraction(loss_b, theta, g_a) - _third_derivative_contraction(loss_a, theta, g_b)
     return (-step ** 3 / 2 * term).applyfunc(sp.expand)
 
 
 def commutator_series(loss_a, loss_b, theta, order: int = 3, step=eta) -> sp.Matrix:
-    """Taylor coefficients of the exact commutator in eta up to and including eta^order."""
+    """Taylor coefficients of the exact commutator in eta up to and including eta^order (an integer >= 0)."""
+    order = count("order", order, 0)
     exact = commutator_exact(loss_a, loss_b, theta, step)
     return exact.applyfunc(lambda e: sp.series(e, step, 0, order + 1).removeO().expand())
 
@@ -95,6 +117,7 @@ def verify_expansion(loss_a, loss_b, theta) -> dict:
     'order_3': [delta]_{eta^<=3} - (eta^2 term + eta^3 term)
     'after_leading': delta minus the eta^2 term (zero for quadratic losses, O(eta^3) otherwise)
     and 'remainder': delta minus both terms (zero for quadratic losses, O(eta^4) otherwise)."""
+    _check_losses(loss_a, loss_b, theta)
     exact = commutator_exact(loss_a, loss_b, theta)
     leading = lie_bracket_term(loss_a, loss_b, theta)
     third = next_order_term(loss_a, loss_b, theta)
@@ -111,6 +134,8 @@ def verify_expansion(loss_a, loss_b, theta) -> dict:
 
 def lowest_eta_power(vector: sp.Matrix):
     """Smallest power of eta present in a polynomial vector (None for the zero vector)."""
+    if not isinstance(vector, sp.MatrixBase) or not all(sp.sympify(e).is_polynomial(eta) for e in vector):
+        raise ValueError(f"vector={shown(vector)}: must be a sympy.Matrix of polynomials in eta")
     powers = [min(m[0] for m in sp.Poly(e, eta).monoms()) for e in vector if e != 0]
     return min(powers) if powers else None
 
@@ -120,6 +145,8 @@ def lowest_eta_power(vector: sp.Matrix):
 # ----------------------------------------------------------------------------------------------------------
 
 def parameter_symbols(n: int) -> list:
+    """theta_0, ..., theta_{n-1} (real), n an integer >= 1."""
+    n = count("n", n, 1)
     return list(sp.symbols(f"theta_0:{n}", real=True))
 
 
@@ -153,7 +180,9 @@ def quartic_losses(n: int = 2) -> tuple:
 # ----------------------------------------------------------------------------------------------------------
 
 def bracket_symbols(n=sp.Symbol("P", integer=True, positive=True)) -> dict:
-    """Matrix symbols H_A, H_B (n x n) and g_A, g_B (n x 1) of the general expansion."""
+    """Matrix symbols H_A, H_B (n x n) and g_A, g_B (n x 1) of the general expansion; n an integer >= 1 or a
+    SymPy symbol (default: P, positive integer)."""
+    n = n if isinstance(n, sp.Symbol) else count("n", n, 1)
     return {"H_A": sp.MatrixSymbol("H_A", n, n), "H_B": sp.MatrixSymbol("H_B", n, n),
             "g_A": sp.MatrixSymbol("g_A", n, 1), "g_B": sp.MatrixSymbol("g_B", n, 1)}
 
@@ -169,6 +198,8 @@ def bracket_products(expression=None) -> list:
     """[(coefficient, hessian name, gradient name), ...] of a sum of scalar * H_X * g_Y products (default:
     the leading term). The coefficient is a SymPy expression in eta."""
     expression = leading_term() if expression is None else expression
+    if not isinstance(expression, sp.MatrixExpr):
+        raise ValueError(f"expression={shown(expression)}: must be a matrix expression, a sum of scalar * H_X * g_Y")
     products = []
     for term in sp.Add.make_args(sp.expand(expression)):
         coefficient, matrices = term.as_coeff_mmul()
@@ -204,7 +235,8 @@ def block_matched_energy_mean(n_blocks: int):
     """E[rho^2] = sum_b (K_b / n_b) w_b for K_b random orthonormal directions inside each block of n_b
     coordinates, w_b = ||delta_b||^2 / ||delta||^2: the paper's baseline restricted to the blocks its
     execution basis lives in, so that parameters without gradient do not dilute it.
-    Returns (expression, K_b, n_b, w_b)."""
+    Returns (expression, K_b, n_b, w_b); n_blocks an integer >= 1."""
+    n_blocks = count("n_blocks", n_blocks, 1)
     K_b = sp.symbols(f"K_b0:{n_blocks}", positive=True)
     n_b = sp.symbols(f"n_b0:{n_blocks}", positive=True)
     w_b = sp.symbols(f"w_b0:{n_blocks}", nonnegative=True)

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import sympy as sp
 
-from theory._cli import print_sections, section_parser
+from theory._cli import count, print_sections, real_number, section_parser, shown
 
 # ---------------------------------------------------------------------------------------------------------
 # Symbols shared by every result
@@ -82,22 +82,33 @@ class SequenceClasses:
     probabilities: tuple
 
     def __post_init__(self):
-        if not isinstance(self.n_vocab, int) or self.n_vocab < 2:
-            raise ValueError(f"n_vocab={self.n_vocab!r}: must be an integer >= 2")
+        # sequences (lists, tuples, NumPy arrays) become tuples and NumPy scalars Python numbers, so that the
+        # classes hash and compare by value; exact SymPy probabilities stay exact
+        n_vocab = count("n_vocab", self.n_vocab, 2)
+        object.__setattr__(self, "n_vocab", n_vocab)
+        for name in ("queries", "next_tokens", "probabilities"):
+            object.__setattr__(self, name, _sequence(name, getattr(self, name)))
         k = len(self.next_tokens)
         if k < 1 or len(self.queries) != k or len(self.probabilities) != k:
             raise ValueError(f"queries/next_tokens/probabilities: need equal lengths >= 1, got "
                              f"{len(self.queries)}/{k}/{len(self.probabilities)}")
-        for name, toks in (("queries", self.queries), ("next_tokens", self.next_tokens)):
-            if any(not (0 <= int(x) < self.n_vocab) for x in toks):
-                raise ValueError(f"{name}={toks!r}: every token must lie in [0, {self.n_vocab})")
+        for name in ("queries", "next_tokens"):
+            object.__setattr__(self, name, tuple(count(f"{name}[{i}]", x, 0, n_vocab - 1)
+                                                 for i, x in enumerate(getattr(self, name))))
         if len(set(self.next_tokens)) != k:
-            raise ValueError(f"next_tokens={self.next_tokens!r}: must be distinct")
+            raise ValueError(f"next_tokens={shown(self.next_tokens)}: must be distinct")
+        rows = []
         for k_, row in enumerate(self.probabilities):
-            if len(row) != self.n_vocab or any(sp.nsimplify(p) < 0 for p in row):
-                raise ValueError(f"probabilities[{k_}]: need {self.n_vocab} non-negative entries")
+            row = _sequence(f"probabilities[{k_}]", row)
+            if len(row) != n_vocab:
+                raise ValueError(f"probabilities[{k_}]: need {n_vocab} non-negative entries, got {len(row)}")
+            for l, p in enumerate(row):
+                real_number(f"probabilities[{k_}][{l}]", p, 0.0)
+            row = tuple(p.item() if hasattr(p, "item") and not isinstance(p, sp.Basic) else p for p in row)
             if sp.nsimplify(sum(row)) != 1:
                 raise ValueError(f"probabilities[{k_}]: must sum to 1, sums to {sum(row)}")
+            rows.append(row)
+        object.__setattr__(self, "probabilities", tuple(rows))
 
     @property
     def n_classes(self) -> int:
@@ -124,6 +135,14 @@ class SequenceClasses:
         return tuple(dict.fromkeys(self.queries))
 
 
+def _sequence(name: str, value) -> tuple:
+    """A list, tuple or 1-D NumPy array as a tuple; a ValueError naming `name` for anything else."""
+    if isinstance(value, (str, bytes, dict, set)) or not hasattr(value, "__len__") or not hasattr(
+            value, "__getitem__") or getattr(value, "ndim", 1) == 0:
+        raise ValueError(f"{name}={shown(value)}: must be a sequence (list, tuple or 1-D array)")
+    return tuple(value)
+
+
 def dataset2_classes(num_last: int, num_next_per_last: int, num_common: int = 10,
                      num_common_per_last: int = 0, num_unique_per_next: int = 10,
                      common_weight=sp.Integer(1), unique_min=sp.Rational(1, 10),
@@ -134,31 +153,38 @@ def dataset2_classes(num_last: int, num_next_per_last: int, num_common: int = 10
     Each class has unnormalised weight `common_weight` on every common token and
     linspace(unique_min, unique_max, num_unique_per_next) on its own distinct tokens, then is normalised.
     The vocabulary is M = num_common + num_common_per_last*num_last + num_unique_per_next*K + num_last + K.
+    The weights are finite and >= 0 (Python, NumPy or exact SymPy numbers), and every class needs some weight.
     """
-    for name, value, low in (("num_last", num_last, 1), ("num_next_per_last", num_next_per_last, 1),
-                             ("num_common", num_common, 0), ("num_common_per_last", num_common_per_last, 0),
-                             ("num_unique_per_next", num_unique_per_next, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+    num_last, num_next_per_last = count("num_last", num_last, 1), count("num_next_per_last", num_next_per_last, 1)
+    num_common, num_common_per_last = count("num_common", num_common, 0), count("num_common_per_last",
+                                                                                 num_common_per_last, 0)
+    num_unique_per_next = count("num_unique_per_next", num_unique_per_next, 1)
+    weights = {}
+    for name, value in (("common_weight", common_weight), ("unique_min", unique_min), ("unique_max", unique_max)):
+        number = real_number(name, value, 0.0)
+        weights[name] = value if isinstance(value, sp.Basic) else sp.nsimplify(number)   # SymPy stays exact
+    common_weight, unique_min, unique_max = weights.values()
     n_next = num_last * num_next_per_last
     common_per_last_offset = num_common
     unique_offset = common_per_last_offset + num_common_per_last * num_last
     query_offset = unique_offset + num_unique_per_next * n_next
     next_offset = query_offset + num_last
     n_vocab = next_offset + n_next
-    step = ((sp.nsimplify(unique_max) - sp.nsimplify(unique_min)) / (num_unique_per_next - 1)
-            if num_unique_per_next > 1 else 0)
-    unique_weights = [sp.nsimplify(unique_min) + i * step for i in range(num_unique_per_next)]
+    step = (unique_max - unique_min) / (num_unique_per_next - 1) if num_unique_per_next > 1 else 0
+    unique_weights = [unique_min + i * step for i in range(num_unique_per_next)]
+    if sum(unique_weights) == 0 and (common_weight == 0 or num_common + num_common_per_last == 0):
+        raise ValueError("common_weight, unique_min, unique_max: every class needs a positive total weight (a "
+                         "positive common_weight on some common token, or a positive unique weight)")
     queries, next_tokens, rows = [], [], []
     k = 0
     for m in range(num_last):
         for _ in range(num_next_per_last):
             weights = [sp.Integer(0)] * n_vocab
             for l in range(num_common):
-                weights[l] = sp.nsimplify(common_weight)
+                weights[l] = common_weight
             start = common_per_last_offset + m * num_common_per_last
             for l in range(start, start + num_common_per_last):
-                weights[l] = sp.nsimplify(common_weight)
+                weights[l] = common_weight
             start = unique_offset + num_unique_per_next * k
             for i, wgt in enumerate(unique_weights):
                 weights[start + i] = wgt
@@ -188,7 +214,13 @@ attention_score = prob_l * sp.exp(logit_l)
 
 
 def long_sequence_attention(probabilities, logits) -> list:
-    """c_{l|m,n} = P(l|m,n) e^{z_ml} / sum_l' P(l'|m,n) e^{z_ml'} (Lemma 2, Eqn. 5; needs T -> infinity)."""
+    """c_{l|m,n} = P(l|m,n) e^{z_ml} / sum_l' P(l'|m,n) e^{z_ml'} (Lemma 2, Eqn. 5; needs T -> infinity).
+    probabilities and logits: sequences of one length (numbers or SymPy expressions)."""
+    probabilities, logits = _sequence("probabilities", probabilities), _sequence("logits", logits)
+    if not probabilities or len(probabilities) != len(logits):
+        raise ValueError(f"probabilities, logits: need one length >= 1, got {len(probabilities)} and {len(logits)}")
+    if all(sp.sympify(p).is_zero for p in probabilities):
+        raise ValueError("probabilities: all zero, so the attention 0/0 is undefined")
     scores = [attention_score.subs({prob_l: p, logit_l: z}) for p, z in zip(probabilities, logits)]
     total = sum(scores)
     return [s / total for s in scores]
@@ -223,6 +255,7 @@ def verify_lemma1(n_vocab: int = 3) -> dict:
     positive P(l|n) on every token; no residual. Everything else (Y, z, P) is a free symbol.
     Returns {'dY': residuals, 'dz': residuals}, all of which simplify to 0.
     """
+    n_vocab = count("n_vocab", n_vocab, 1)
     Y = sp.Matrix(n_vocab, n_vocab, lambda i, j: sp.Symbol(f"Y_{i}{j}", real=True))
     z = [sp.Symbol(f"z_{l}", real=True) for l in range(n_vocab)]
     p = [sp.Symbol(f"p_{l}", positive=True) for l in range(n_vocab)]
@@ -247,9 +280,24 @@ def lemma1_gradients_numeric(Y_values, z_values, probabilities_values, next_toke
     """Evaluate Lemma 1 (Eqn. 3, long-sequence form) at given numbers, through the SymPy formulas above.
 
     Returns (dJ/dY, dJ/dz) as nested lists of SymPy Floats; used by tests to compare with torch autograd.
-    Assumes what `verify_lemma1` assumes.
+    Assumes what `verify_lemma1` assumes: Y_values M x M, z_values and probabilities_values of length M
+    (finite numbers; probabilities >= 0, not all 0), next_token in [0, M).
     """
+    z_values = [real_number(f"z_values[{l}]", z) for l, z in enumerate(_sequence("z_values", z_values))]
     n_vocab = len(z_values)
+    rows = _sequence("Y_values", Y_values)
+    if n_vocab == 0 or len(rows) != n_vocab:
+        raise ValueError(f"Y_values, z_values: need an M x M matrix and M >= 1 logits, got {len(rows)} rows and "
+                         f"{n_vocab} logits")
+    Y_values = [[real_number(f"Y_values[{l}][{j}]", y) for j, y in enumerate(_sequence(f"Y_values[{l}]", row))]
+                for l, row in enumerate(rows)]
+    if any(len(row) != n_vocab for row in Y_values):
+        raise ValueError(f"Y_values: every row needs {n_vocab} entries")
+    probabilities_values = [real_number(f"probabilities_values[{l}]", p, 0.0)
+                            for l, p in enumerate(_sequence("probabilities_values", probabilities_values))]
+    if len(probabilities_values) != n_vocab or not any(probabilities_values):
+        raise ValueError(f"probabilities_values: need {n_vocab} entries >= 0, not all 0")
+    next_token = count("next_token", next_token, 0, n_vocab - 1)
     c = [sp.Float(x, 30) for x in long_sequence_attention(
         [sp.nsimplify(p) for p in probabilities_values], [sp.Float(z, 30) for z in z_values])]
     norm = sp.sqrt(sum(x ** 2 for x in c))
@@ -317,7 +365,10 @@ def decoder_closed_form() -> dict:
 
 
 def time_of_decoder_scale(scale) -> sp.Expr:
-    """t at which h(t/K) = u/M (inverting Lemma 6 with t -> t/K): t = K (e^u + (M-1) u - 1) / (M eta_Y)."""
+    """t at which h(t/K) = u/M (inverting Lemma 6 with t -> t/K): t = K (e^u + (M-1) u - 1) / (M eta_Y).
+    scale: a SymPy expression, or a finite number >= 0."""
+    if not (isinstance(scale, sp.Basic) and scale.free_symbols):
+        scale = real_number("scale", scale, 0.0, keep_int=True)
     res = decoder_closed_form()["residual"].subs(h, scale / M)
     return K * sp.solve(res, t)[0]
 
@@ -479,10 +530,18 @@ def theorem4_regimes() -> dict:
 
 
 def predicted_snap_times(K_value, M_value, eta_Y_value) -> dict:
-    """t0' = K ln M / eta_Y (end of scanning, peak of gamma) and t0 = 2 K ln M / eta_Y (start of snapping)."""
+    """t0' = K ln M / eta_Y (end of scanning, peak of gamma) and t0 = 2 K ln M / eta_Y (start of snapping).
+
+    K_value: an integer >= 1 (classes), M_value: an integer >= 2 (vocabulary), eta_Y_value: a finite number
+    > 0 such that t0 stays a finite float."""
+    vals = {K: count("K_value", K_value, 1), M: count("M_value", M_value, 2),
+            eta_Y: real_number("eta_Y_value", eta_Y_value, 0.0, open_low=True)}
     t0p = K * sp.log(M) / eta_Y
-    vals = {K: K_value, M: M_value, eta_Y: eta_Y_value}
-    return {"t0_prime": float(t0p.subs(vals)), "t0": float((2 * t0p).subs(vals))}
+    times = {"t0_prime": float(t0p.subs(vals)), "t0": float((2 * t0p).subs(vals))}
+    if times["t0"] == float("inf"):
+        raise ValueError(f"eta_Y_value={shown(eta_Y_value)}: t0 = 2 K ln M / eta_Y exceeds float64's range; eta_Y must "
+                         f"be above {float(2 * t0p.subs({K: vals[K], M: vals[M], eta_Y: 1})) / 1.7e308:.3g}")
+    return times
 
 
 def _print_data(args) -> None:

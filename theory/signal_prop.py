@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from theory._cli import print_sections, section_parser
+from theory._cli import choice, count, print_sections, real_number, section_parser, shown
 
 # ----------------------------------------------------------------------------------------------------
 # Symbols
@@ -66,7 +66,24 @@ attn_cross22 = sp.Symbol("m_cross22", positive=True)  # E (sum_j A_ij A_kj)^2
 ATTENTION_MOMENTS = (attn_self, attn_cross, attn_self3, attn_self22, attn_cross21, attn_cross22)
 
 ACTIVATIONS = ("tanh", "erf", "relu")
+CLOSED_FORM_ACTIVATIONS = ("erf", "relu")      # mlp_kernel has closed forms for these; the rest are integrals
 RESIDUALS = ("plain", "normalized")
+NUMERIC_FIELDS = ("alpha_A", "alpha_M", "sigma_A", "sigma_V", "sigma_w", "sigma_2")
+
+
+def check_activation(activation):
+    """`activation` if it names a built-in phi ("tanh", "erf", "relu"; a NumPy string becomes a str) or is a
+    one-variable sympy.Lambda with no other free symbol; otherwise a ValueError saying what is allowed."""
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return str(activation)
+    if not (isinstance(activation, sp.Lambda) and len(activation.variables) == 1):
+        raise ValueError(f"activation={shown(activation)}: allowed values are {ACTIVATIONS} or a one-variable "
+                         "sympy.Lambda")
+    free = activation.expr.free_symbols - set(activation.variables)
+    if free:
+        raise ValueError(f"activation={shown(activation)}: phi may depend on its variable only, not on "
+                         f"{sorted(map(str, free))} (substitute numbers for them first)")
+    return activation
 
 
 def standard_normal_density(x):
@@ -96,28 +113,18 @@ class BlockParams:
     residual: str = "normalized"
 
     def __post_init__(self):
-        for name in ("alpha_A", "alpha_M", "sigma_A", "sigma_V", "sigma_w", "sigma_2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise ValueError(f"{name}={value!r}: must be a real number")
-            if value < 0 or value == float("inf"):
-                raise ValueError(f"{name}={value!r}: must be finite and >= 0")
-        if self.residual not in RESIDUALS:
-            raise ValueError(f"residual={self.residual!r}: allowed values are {RESIDUALS}")
+        # NumPy and SymPy scalars become the Python numbers they hold, so equality, hashing and JSON are
+        # those of the Python value (a Python int stays an int, as before)
+        for name in NUMERIC_FIELDS:
+            object.__setattr__(self, name, real_number(name, getattr(self, name), 0.0, keep_int=True))
+        object.__setattr__(self, "residual", choice("residual", self.residual, RESIDUALS))
         if self.residual == "normalized":
             for name in ("alpha_A", "alpha_M"):
                 if getattr(self, name) > 1:
-                    raise ValueError(f"{name}={getattr(self, name)!r}: must lie in [0, 1] with "
+                    raise ValueError(f"{name}={shown(getattr(self, name))}: must lie in [0, 1] with "
                                      "residual='normalized' (the skip weight is sqrt(1 - alpha^2))")
-        if isinstance(self.n_tokens, bool) or not isinstance(self.n_tokens, int) or self.n_tokens < 2:
-            raise ValueError(f"n_tokens={self.n_tokens!r}: must be an integer >= 2")
-        if isinstance(self.activation, str):
-            if self.activation not in ACTIVATIONS:
-                raise ValueError(f"activation={self.activation!r}: allowed values are {ACTIVATIONS} "
-                                 "or a one-variable sympy.Lambda")
-        elif not (isinstance(self.activation, sp.Lambda) and len(self.activation.variables) == 1):
-            raise ValueError(f"activation={self.activation!r}: allowed values are {ACTIVATIONS} "
-                             "or a one-variable sympy.Lambda")
+        object.__setattr__(self, "n_tokens", count("n_tokens", self.n_tokens, 2))
+        object.__setattr__(self, "activation", check_activation(self.activation))
 
     def replace(self, **changes) -> "BlockParams":
         """A copy with some fields changed (validated again)."""
@@ -139,13 +146,11 @@ class BlockParams:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(BlockParams))
-NUMERIC_FIELDS = ("alpha_A", "alpha_M", "sigma_A", "sigma_V", "sigma_w", "sigma_2")
 
 
 def residual_coefficient(alpha, residual: str):
     """Skip weight a of x <- a x + alpha F(LN x): 1 ("plain", Eq. 4 as read) or sqrt(1 - alpha^2)."""
-    if residual not in RESIDUALS:
-        raise ValueError(f"residual={residual!r}: allowed values are {RESIDUALS}")
+    residual = choice("residual", residual, RESIDUALS)
     return sp.Integer(1) if residual == "plain" else sp.sqrt(1 - alpha**2)
 
 
@@ -191,7 +196,8 @@ def attention_moment_integral(n_value: int, moment=attn_self):
     (Monte Carlo, and a 1-D Laplace-transform quadrature for the self moment).  Use a small n to print.
     """
     if moment not in ATTENTION_MOMENTS:
-        raise ValueError(f"moment={moment!r}: allowed values are {ATTENTION_MOMENTS}")
+        raise ValueError(f"moment={shown(moment)}: allowed values are {ATTENTION_MOMENTS}")
+    n_value = count("n_value", n_value, 1)
     a = sp.symbols(f"a1:{n_value + 1}", real=True)
     b = sp.symbols(f"b1:{n_value + 1}", real=True)
     c = sp.symbols(f"c1:{n_value + 1}", real=True)
@@ -272,12 +278,18 @@ def _activation_function(activation):
 def mlp_kernel(activation="tanh") -> GaussianKernel:
     """The MLP Gaussian kernel of phi; closed forms for erf (arcsine kernel) and ReLU (arc-cosine kernel),
     the 2-D Gaussian integral for tanh or any one-variable sympy.Lambda."""
-    if isinstance(activation, str) and activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r}: allowed values are {ACTIVATIONS} or a sympy.Lambda")
+    activation = check_activation(activation)
     if activation == "erf":
         value = sigma_2**2 * 2 / sp.pi * sp.asin(2 * sigma_w**2 * rho / (1 + 2 * sigma_w**2))
         diagonal = value.subs(rho, 1)
-        return GaussianKernel("erf", diagonal, value, sp.simplify(sp.diff(value, rho)), True, {})
+        # d value / d rho = sigma_2^2 (2/pi) c / sqrt((1 + c)^2 - c^2 rho^2), c = 2 sigma_w^2, with the radicand
+        # factored: expanded, it cancels catastrophically as rho -> 1 at large sigma_w (nothing is left of it
+        # at sigma_w = 1e8), while each factor is a sum of non-negative terms
+        c = 2 * sigma_w**2
+        derivative = sigma_2**2 * 2 / sp.pi * c / sp.sqrt((1 + c * (1 - rho)) * (1 + c * (1 + rho)))
+        if sp.simplify(derivative - sp.diff(value, rho)) != 0:
+            raise AssertionError("the factored erf kernel derivative differs from d value / d rho")
+        return GaussianKernel("erf", diagonal, value, derivative, True, {})
     if activation == "relu":
         value = sigma_2**2 * sigma_w**2 / (2 * sp.pi) * (sp.sqrt(1 - rho**2) + rho * (sp.pi - sp.acos(rho)))
         diagonal = sigma_2**2 * sigma_w**2 / 2
@@ -304,8 +316,14 @@ def mlp_kernel(activation="tanh") -> GaussianKernel:
     )
 
 
+def _check_kernel(kernel, name="kernel"):
+    if not isinstance(kernel, GaussianKernel):
+        raise ValueError(f"{name}={shown(kernel)}: must be a GaussianKernel (from mlp_kernel)")
+
+
 def mlp_slope_at_collapse(kernel: GaussianKernel):
     """chi_M = d p_M / d rho at rho = 1 = sigma_2^2 sigma_w^2 E[phi'(sigma_w z)^2]."""
+    _check_kernel(kernel)
     if kernel.closed_form:
         slope = sp.limit(kernel.derivative, rho, 1, dir="-")
         # Factor under square roots so sqrt((2 s^2 + 1)^2) simplifies.
@@ -367,8 +385,7 @@ def _attention_tangent(rho_expr, Qh, Ph):
 def block_map(attention: str = "finite") -> BlockMap:
     """The one-block map.  attention="finite": moments left as the symbols m_self, ... (exact at finite n
     under [W]); "large_n": moments replaced by their limit-[N] closed forms."""
-    if attention not in ("finite", "large_n"):
-        raise ValueError(f"attention={attention!r}: allowed values are ('finite', 'large_n')")
+    attention = choice("attention", attention, ("finite", "large_n"))
     rho0 = p / q
     aq, ap = attention_q.subs(rho, rho0), attention_p.subs(rho, rho0)
     # Residual composition: cross terms x.(W y)/d vanish under [W].
@@ -392,6 +409,7 @@ def block_map(attention: str = "finite") -> BlockMap:
 
 def mlp_substitutions(kernel: GaussianKernel, rho_in) -> dict:
     """Placeholders q_M, p_M, chi_M, chi_M_off -> the kernel evaluated at the MLP's input cosine."""
+    _check_kernel(kernel)
     return {mlp_q: kernel.diagonal, mlp_p: kernel.value.subs(rho, rho_in),
             mlp_slope: mlp_slope_at_collapse(kernel), mlp_slope_off: kernel.derivative.subs(rho, rho_in)}
 
@@ -404,7 +422,8 @@ def collapse_is_fixed_point(kernel: GaussianKernel | None = None) -> sp.Expr:
     bm = block_map()
     at_collapse = {**attention_moments_at_collapse, p: q}
     gap = (bm.p_out - bm.q_out).subs(at_collapse)
-    kernel = kernel or mlp_kernel("erf")
+    kernel = mlp_kernel("erf") if kernel is None else kernel
+    _check_kernel(kernel)
     gap = gap.subs({mlp_p: kernel.value.subs(rho, 1), mlp_q: kernel.diagonal})
     return sp.simplify(gap)
 
@@ -415,6 +434,24 @@ q_out_collapse = a_M**2 * q1_collapse + alpha_M**2 * mlp_q
 # The normalized residual has a fixed norm at collapse; the plain one grows without bound.
 q_star_collapse = sp.solve(sp.Eq(q_out_collapse.subs({a_A: sp.sqrt(1 - alpha_A**2),
                                                       a_M: sp.sqrt(1 - alpha_M**2)}), q), q)[0]
+
+
+def _q_star_collapse_stable() -> sp.Expr:
+    """q* kept in the skip weights, (a_M^2 alpha_A^2 sigma_V^2 + alpha_M^2 q_M) / (alpha_A^2 + a_A^2 alpha_M^2):
+    every term is positive, so floating point evaluates it without cancellation.  (q_star_collapse's expanded
+    numerator alpha_A^2 sigma_V^2 - alpha_A^2 alpha_M^2 sigma_V^2 + alpha_M^2 q_M loses every digit when
+    alpha_M -> 1 and alpha_A sigma_V >> q_M.)  The denominator 1 - a_A^2 a_M^2 of the solution is rewritten
+    with a_M^2 = 1 - alpha_M^2 and 1 - a_A^2 = alpha_A^2, and the rewriting checked."""
+    numerator, denominator = sp.fraction(sp.together(sp.solve(sp.Eq(q_out_collapse, q), q)[0]))
+    positive = alpha_A**2 + a_A**2 * alpha_M**2
+    sign = sp.simplify((denominator / positive).subs({a_A: sp.sqrt(1 - alpha_A**2),
+                                                      a_M: sp.sqrt(1 - alpha_M**2)}))
+    if sign not in (1, -1):
+        raise AssertionError(f"1 - a_A^2 a_M^2 != +-(alpha_A^2 + a_A^2 alpha_M^2): ratio {sign}")
+    return sp.expand(numerator / sign) / positive
+
+
+q_star_collapse_stable = _q_star_collapse_stable()      # equals q_star_collapse for the normalized residual
 
 
 def simplex_fixed_point_equations(attention: str = "finite"):
@@ -480,9 +517,15 @@ gradient_multiplier, gradient_multiplier_differential = _tangent_eigenvalues()  
 def collapse_substitutions(params: BlockParams, q_value=None) -> dict:
     """Every symbol of `angle_multiplier` and `gradient_multiplier` except the kernel values q_M, chi_M,
     for params at the collapse state: q = q* (normalized residual) or q_value (default 1, plain)."""
+    if not isinstance(params, BlockParams):
+        raise ValueError(f"params={shown(params)}: must be a BlockParams")
     subs = params.substitutions()
     if q_value is None:
         q_value = q_star_collapse if params.residual == "normalized" else sp.Integer(1)
+    elif not isinstance(q_value, sp.Basic):
+        q_value = real_number("q_value", q_value, 0.0, open_low=True)
+    elif q_value.is_number and not (q_value.is_positive and q_value.is_finite):  # symbols pass as given
+        raise ValueError(f"q_value={shown(q_value)}: must be positive and finite")
     subs[q] = q_value
     return subs
 

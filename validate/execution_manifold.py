@@ -11,23 +11,35 @@ snapshot and with sparse autoencoders at three checkpoints. One table holds the 
     python -m validate.execution_manifold                the released code's run with five seeds
     python -m validate.execution_manifold --part one     C1-C6 only (--part two: C7-C12 only)
 
-Every (setting, seed) of part one and part two's run is one row of the SQLite store <out>/sweep.sqlite, so a
-rerun resumes (--fresh recomputes). Writes <out>/execution_manifold.json and five figures; the repository's
-figures/ is updated by the default experiment or with --update-figures.
+Every (setting, seed) of part one and part two's run is one row of the SQLite store <out>/sweep.sqlite, stored
+the moment it finishes, so a rerun (also after a kill or Ctrl-C) resumes where it stopped (--fresh recomputes).
+Writes <out>/execution_manifold.json and five figures; the repository's figures/ is updated by the default
+experiment or with --update-figures.
+
+Divergence: a run whose training loss, weights or measurements (attention, commutators) become NaN or inf stops
+there and is stored as diverged, with its step. It is left out of every claim and counted in a "runs" row per
+part, which FAILs when any run diverged; a claim with no finished run left is INFO (not measured). The JSON says
+so under "divergence_policy" and lists the diverged runs under metrics.part_one.diverged and
+metrics.part_two.diverged; the figures show the finished runs, or the loss curves until divergence when none is
+left. Every input is checked before any compute: a bad value, a configuration this machine's memory cannot
+hold, or an unusable --out or store ends the command with one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
 from validate._common import cli
 from validate._common.reporting import make_record, publish_figures, report
-from validate._execution_manifold.claims import part_one_claims, part_two_claims
+from validate._common.sweep import SweepStore
+from validate._execution_manifold.claims import DIVERGENCE_POLICY, part_one_claims, part_two_claims
 from validate._execution_manifold.figures import part_one_figures, part_two_figures
+from validate._execution_manifold.memory import memory_problem
 from validate._execution_manifold.modular import MLP_MODES
-from validate._execution_manifold.part_one import PartOneConfig, run_part_one
+from validate._execution_manifold.part_one import PartOneConfig, run_part_one, stored_arrays_missing
 from validate._execution_manifold.part_two import PartTwoConfig, stored_part_two
 from validate._execution_manifold.trajectory import OPTIMIZERS, RunConfig
 
@@ -118,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# config fields the messages of the configs name, written as the flags that set them (steps -> --steps)
+FLAG_FIELDS = (set(RUN_FLAGS) | set(PART_ONE_FLAGS) | set(PART_TWO_FLAGS)
+               | {"lr", "weight_decay", "sweep_max_markers", "sweep_moduli", "k_per_block", "seeds", "threads"})
+
+
+def flag_names(message: str) -> str:
+    """A configuration's ValueError message with every field it names written as its flag."""
+    return re.sub(r"(?<![\w-])([a-z][a-z0-9_]*)\b",
+                  lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in FLAG_FIELDS else m.group(1),
+                  message)
+
+
 def build_configs(args: argparse.Namespace) -> tuple[PartOneConfig, PartTwoConfig | None]:
     """Part one's configuration (part two's run is read from it) and, unless --part one, part two's."""
     run = RunConfig(**cli.config_values(args, RUN_FLAGS), lr=args.lr, weight_decay=args.weight_decay,
@@ -148,10 +172,17 @@ def run(one: PartOneConfig, two: PartTwoConfig | None, out_dir: str, *, part_one
         scheduler: str | None = None, fresh: bool = False, quiet: bool = True, argv=None) -> dict:
     """Part one (when part_one) and part two (when `two` is given), their verdicts and figures: the JSON record.
 
-    Part one's runs and part two's run come from the store out_dir/sweep.sqlite when they are there."""
+    Part one's runs and part two's run come from the store out_dir/sweep.sqlite when they are there; the store is
+    held for the whole run. Diverged runs are handled as the module docstring says (DIVERGENCE_POLICY)."""
+    with SweepStore(os.path.join(out_dir, "sweep.sqlite"), COMMAND).lock():
+        return _run(one, two, out_dir, part_one, workers, scheduler, fresh, quiet, argv)
+
+
+def _run(one, two, out_dir, part_one, workers, scheduler, fresh, quiet, argv) -> dict:
     started = time.perf_counter()
     log = None if quiet else (lambda text: print(f"[{COMMAND}] {text}", file=sys.stderr))
-    rows, figures, config, metrics, timings, extra = [], [], {}, {}, {}, {"parts": []}
+    rows, figures, config, metrics, timings = [], [], {}, {}, {}
+    extra = {"parts": [], "divergence_policy": DIVERGENCE_POLICY}
     if part_one:
         runs = run_part_one(one, out_dir, workers=workers, scheduler=scheduler, fresh=fresh, quiet=quiet, log=log)
         verdicts, metrics["part_one"] = part_one_claims(one, runs, out_dir)
@@ -185,8 +216,18 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     parser = build_parser()
     args = cli.parse(parser, argv, quick=QUICK)
-    one, two = cli.config_or_exit(parser, lambda: build_configs(args))
+    try:
+        one, two = build_configs(args)
+    except ValueError as error:
+        parser.error(flag_names(str(error)))
+    problem = memory_problem(one, two, args.workers)
+    if problem is not None:
+        cli.fail(COMMAND, problem)
     cli.open_store(COMMAND, os.path.join(args.out, "sweep.sqlite"), COMMAND)
+    missing = stored_arrays_missing(one, args.out) if args.part != "two" and not args.fresh else []
+    if missing:
+        cli.fail(COMMAND, f"{len(missing)} stored run(s) of this configuration lost their arrays file "
+                          f"({os.path.join(args.out, missing[0])}); --fresh recomputes them")
     record = run(one, two, args.out, part_one=args.part != "two", workers=args.workers, scheduler=args.scheduler,
                  fresh=args.fresh, quiet=args.quiet, argv=argv)
     publish_figures([os.path.join(args.out, name) for name in record["figures"]],

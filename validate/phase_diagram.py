@@ -18,6 +18,17 @@ alpha_A = alpha_M against sigma_w, the others fixed):
    >= 0.5 with p < 0.01), and the distance in grid cells from the loss minimum to the predicted critical
    point (PASS when a point tied with the minimum within 2 seed standard errors lies within one cell).
 
+Divergence: a run whose training loss, gradient or test loss becomes NaN or inf is recorded with the step it
+diverged at (the JSON's metrics.diverged and each point's diverged_at) and counts as the worst outcome: its point's
+mean loss is +inf, ranked above every finite loss in the Spearman and never the minimum. The table's third row
+says how many runs diverged. The run finishes and writes its JSON and figure whatever fraction diverged; a verdict
+that cannot be computed (e.g. every point diverged) is FAIL, its measurement the reason.
+
+Every input is checked before any compute (exit 2 and one line naming it): the ranges, the grid (2 to 100 points
+per axis) and map (2 to 2000 points per axis), --base FIELD=VALUE (a fixed field, once, finite, not an axis), seeds
+(at most 1.8e13: seed s seeds a torch generator with 1000003 (s + 1) < 2^64), the device, --out and --store
+(a corrupt, foreign, unreadable or busy store; rows of this sweep that are not training results).
+
 Writes --out/phase_diagram.json, --out/phase_diagram.png and the sweep store --out/phase_diagram.sqlite;
 figures/phase_diagram.png is updated only by the default experiment (the defaults, however and wherever it
 runs) or with --update-figures.
@@ -25,6 +36,7 @@ runs) or with --update-figures.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -34,19 +46,20 @@ from theory.signal_prop import ACTIVATIONS, RESIDUALS, BlockParams
 from validate._common import cli
 from validate._common.reporting import (format_table, make_record, progress, publish_figures,
                                         save_figure, summary_line, write_record)
-from validate._common.sweep import SweepStore, point_key, run_sweep
+from validate._common.sweep import point_key, run_sweep
 from validate._signal_prop.batched_train import OPTIMIZERS, SCHEDULES, TrainConfig, TrainPoints
 from validate._signal_prop.figures import phase_diagram_figure
 from validate._signal_prop.phase_analysis import HEADLINE, analyse, headline
-from validate._signal_prop.phase_experiment import (PhaseDiagramConfig, exponent_maps, point_exponents,
-                                                    predicted_critical_point, same_experiment)
+from validate._signal_prop.phase_experiment import (MAX_GRID, MAX_MAP_POINTS, PhaseDiagramConfig, open_sweep_store,
+                                                    point_exponents, predict, same_experiment)
 from validate._signal_prop.phase_task import HistogramTask
 
 COMMAND = "phase_diagram"
 QUICK = {"grid": (3, 3), "models_per_batch": 9, "depth": 4, "width": 32, "d_ff": 32, "steps": 150,
          "test_size": 256}
 PLANE_FLAGS = {"x_field": "horizontal axis: a BlockParams field, or alpha = alpha_A = alpha_M",
-               "y_field": "vertical axis", "map_points": "points per axis of the predicted exponent maps"}
+               "y_field": "vertical axis",
+               "map_points": f"points per axis of the predicted exponent maps, 2 to {MAX_MAP_POINTS}"}
 BASE_FLAGS = {"residual": "residual form", "activation": "MLP nonlinearity"}
 TRAIN_FLAGS = {"depth": "blocks", "width": "model width d", "d_ff": "MLP hidden width", "steps": "optimizer steps",
                "batch": "sequences per step", "lr": "learning rate", "optimizer": "optimizer",
@@ -58,14 +71,16 @@ FIXED_FIELDS = ("alpha_A", "alpha_M", "sigma_A", "sigma_V", "sigma_w", "sigma_2"
 
 
 def run(cfg: PhaseDiagramConfig, *, argv=(), quiet: bool = False, update_figures: bool = False,
-        figures_dir: str | None = None) -> dict:
-    """Predict, train (resuming the sweep store), judge; write the JSON record and the figure to cfg.out."""
+        figures_dir: str | None = None, predicted: dict | None = None) -> dict:
+    """Predict (unless `predicted`, what predict(cfg) returned, is given), train (resuming the sweep store),
+    judge; write the JSON record and the figure to cfg.out. Bad input raises ValueError before any training."""
     start = time.perf_counter()
-    maps = exponent_maps(cfg)
-    critical = predicted_critical_point(cfg)
-    map_s = time.perf_counter() - start
+    cli.prepare_output_directory(cfg.out)
+    store = open_sweep_store(cfg)
+    maps = predict(cfg) if predicted is None else predicted
+    critical = maps["critical"]
+    map_s = maps["seconds"]
 
-    store = SweepStore(cfg.store_path(), cfg.sweep_name())
     points = cfg.train_points()
     train_start = time.perf_counter()
     pending = len(points) * len(cfg.seeds) - (0 if cfg.fresh else len(store.done() & {
@@ -110,8 +125,8 @@ def build_parser():
                        help="horizontal range (default %g %g)" % d.x_range)
     plane.add_argument("--y-range", nargs=2, type=cli.real(), default=d.y_range, metavar=("MIN", "MAX"),
                        help="vertical range (default %g %g)" % d.y_range)
-    plane.add_argument("--grid", nargs=2, type=cli.integer(), default=d.grid, metavar=("NX", "NY"),
-                       help="training grid points per axis (default %d %d)" % d.grid)
+    plane.add_argument("--grid", nargs=2, type=cli.integer(2, MAX_GRID), default=d.grid, metavar=("NX", "NY"),
+                       help=f"training grid points per axis, 2 to {MAX_GRID} (default %d %d)" % d.grid)
     plane.add_argument("--base", nargs="+", default=(), metavar="FIELD=VALUE",
                        help=f"values of the fields held fixed, among {' '.join(FIXED_FIELDS)} (default: those of "
                             "BlockParams, e.g. sigma_A=1.0 sigma_2=1.0)")
@@ -131,18 +146,26 @@ def build_parser():
     return parser
 
 
-def _fixed_fields(pairs) -> dict:
-    """--base FIELD=VALUE pairs as {field: number}."""
+def _fixed_fields(pairs, axes) -> dict:
+    """--base FIELD=VALUE pairs as {field: number}: each a field held fixed (not one the axes set), given once,
+    with a finite value."""
     values = {}
+    set_by_axes = {f for axis in axes for f in ((axis, "alpha_A", "alpha_M") if axis == "alpha" else (axis,))}
     for pair in pairs:
         name, _, value = pair.partition("=")
         if name not in FIXED_FIELDS:
             raise ValueError(f"--base {pair!r}: FIELD must be one of {', '.join(FIXED_FIELDS)} (n_tokens, "
                              "activation, residual have their own flags)")
+        if name in set_by_axes:
+            raise ValueError(f"--base {pair!r}: {name} is set by an axis of the plane (--x-field/--y-field)")
+        if name in values:
+            raise ValueError(f"--base {pair!r}: {name} is given twice")
         try:
             values[name] = float(value)
         except ValueError:
             raise ValueError(f"--base {pair!r}: VALUE must be a number") from None
+        if not math.isfinite(values[name]):
+            raise ValueError(f"--base {pair!r}: VALUE must be a finite number")
     return values
 
 
@@ -154,7 +177,7 @@ def parse_config(argv=None) -> tuple[PhaseDiagramConfig, object]:
     def build():
         task = HistogramTask(**cli.config_values(args, TASK_FLAGS))
         base = BlockParams(n_tokens=task.n_tokens, **cli.config_values(args, BASE_FLAGS),
-                           **_fixed_fields(args.base))
+                           **_fixed_fields(args.base, (args.x_field, args.y_field)))
         train = TrainConfig(task=task, threads=args.threads, **cli.config_values(args, TRAIN_FLAGS))
         return PhaseDiagramConfig(
             base=base, train=train, x_range=args.x_range, y_range=args.y_range, grid=args.grid, seeds=args.seeds,
@@ -166,8 +189,16 @@ def parse_config(argv=None) -> tuple[PhaseDiagramConfig, object]:
 def main(argv=None) -> int:
     cfg, args = parse_config(argv)
     cli.open_store(COMMAND, cfg.store_path(), cfg.sweep_name())
+    try:
+        open_sweep_store(cfg)   # its rows readable and training results, before any compute
+    except ValueError as error:
+        cli.fail(COMMAND, str(error))
+    try:   # sim checks the plane's values against the ranges its numerics are made for
+        predicted = predict(cfg)
+    except ValueError as error:
+        cli.fail(COMMAND, f"the plane's predicted exponents: {error}")
     record = run(cfg, argv=sys.argv[1:] if argv is None else argv, quiet=args.quiet,
-                 update_figures=args.update_figures)
+                 update_figures=args.update_figures, predicted=predicted)
     print(format_table(record["verdicts"]))
     print("\n" + headline(record["metrics"], cfg))
     print(summary_line(record["verdicts"], record["timings_s"]["total"], os.path.join(cfg.out, f"{COMMAND}.json")))

@@ -10,6 +10,17 @@
 3. The snap time: the peak of the back-propagated signal ||Y (e_n - alpha_n)|| (which tracks gamma(t),
    Theorem 1) against t0' = K ln M / eta_Y (Theorem 4), for several ratios; its exponent in eta_Y.
 
+Divergence: a training run whose loss, weights or measurements become NaN or inf is recorded as diverged with
+its step (metrics.diverged in the JSON) and EXCLUDED from every number and verdict; the first verdict row counts
+the diverged runs and FAILs when there are any (the gradient flow never blows up), and a verdict whose inputs all
+diverged FAILs and says so. A prediction that cannot be computed (a Lemma 1 flow the integrator cannot finish:
+step-size underflow, too many steps; a rate outside the theory's formulas) is recorded with its reason
+(metrics.prediction_failures) and its rows say so; the run still finishes and writes its JSON and figures.
+
+Every flag is checked before anything is computed (exit code 2 and one line naming it): learning rates and
+their products eta_Y = ratio x eta_Z in [1e-12, 1e200], momentum in [0, 1), --theory-seeds at most the number of
+--seeds, --snap-steps >= 3, and sizes whose trajectories fit in half of this machine's memory.
+
 Writes scan_snap.json and PNG figures in --out; the default experiment (or --update-figures) also puts the
 figures in the repository's figures/. The Syn-Medium sweep of Fig. 6 is `python -m validate.scan_snap_sweep`.
 """
@@ -71,8 +82,13 @@ def config_from_args(args) -> ScanSnapConfig:
 
 
 def run(cfg: ScanSnapConfig, out_dir: str, *, quiet: bool = False, publish: bool = False, argv=None) -> dict:
-    """Both regimes and their figures in out_dir (copied to figures/ when `publish`); returns the JSON record."""
+    """Both regimes and their figures in out_dir (copied to figures/ when `publish`); returns the JSON record.
+    Diverged runs and failed flows are recorded and left out (see the module docstring); ValueError for an
+    out_dir this run cannot write, before anything is computed."""
     import torch
+    if not isinstance(cfg, ScanSnapConfig):
+        raise ValueError(f"cfg: expected a ScanSnapConfig, got {type(cfg).__name__}")
+    cli.prepare_output_directory(out_dir)
     torch.set_num_threads(1)  # M x M matrices with M = 34: threads cost more than they give
     timings = {}
     start = time.perf_counter()
@@ -105,4 +121,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_command(COMMAND, main))
+    sys.exit(cli.run_command(COMMAND, main, resumable=False))

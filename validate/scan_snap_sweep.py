@@ -7,10 +7,21 @@ eta_Z in {0.5, 1, 2, 3}, eta_Y/eta_Z in {1, 2, 5, 10}, SGD momentum 0.9, batch 1
 100 steps, PyTorch's default initialisation. The paper reports: the entropy falls as eta_Z grows, and rises
 with the ratio beyond about 2.
 
-One SQLite row per (point, seed) in --out/sweep.sqlite, written as it finishes; a rerun resumes. Points run on
-local worker processes (--workers) or a Dask cluster (--scheduler tcp://host:8786). Writes scan_snap_sweep.json
-and scan_snap_fig6.png in --out; the default experiment (or --update-figures) also puts the figure in the
+One SQLite row per (point, seed) in --out/sweep.sqlite, written as it finishes; a rerun resumes (killed or
+interrupted with Ctrl-C, a sweep keeps every finished batch). Points run on local worker processes (--workers, at
+most one per usable core) or a Dask cluster (--scheduler tcp://host:8786). Writes scan_snap_sweep.json and
+scan_snap_fig6.png in --out; the default experiment (or --update-figures) also puts the figure in the
 repository's figures/. The Syn-Small experiment is `python -m validate.scan_snap`.
+
+Divergence: a run whose loss, weights or entropy become NaN or inf is stored with its step (diverged_step) and
+EXCLUDED from its cell's mean and standard error; metrics.runs_diverged and runs_finite count them per cell,
+metrics.diverged lists them, a cell with no finite run has a null mean and is a gap in the figure. The first
+verdict counts diverged runs (FAIL when there are any); the trend verdicts judge the cells that have finite runs,
+say how many they left out, and FAIL when none is left. The JSON and the figure are written whatever diverged.
+
+Every flag is checked before anything is computed (exit code 2 and one line naming it): learning rates and
+eta_Y = ratio x eta_Z in [1e-12, 1e200], momentum in [0, 1), an even K (2 next tokens per query) up to 200,
+--workers up to the usable cores, the store in --out (a sweep store not in use by another run).
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from validate._common import cli, reporting
+from validate._common import checks, cli, reporting
 from validate._common.sweep import SweepStore, run_sweep
 from validate._scan_snap import fig6
 from validate._scan_snap.fig6 import SweepConfig
@@ -65,10 +76,30 @@ def config_from_args(args) -> SweepConfig:
                        device=args.device, **cli.config_values(args, GRID_FLAGS))
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers) -> int:
+    """Local worker processes: 0 (in this process) up to one per usable core (each trains on one torch thread, so
+    more would only contend). ValueError otherwise."""
+    return checks.integer("workers", workers, 0, usable_cores(), why=" (one per usable core; 0 runs in this process)")
+
+
 def run(cfg: SweepConfig, out_dir: str, *, workers: int = 1, scheduler: str | None = None, fresh: bool = False,
         quiet: bool = False, publish: bool = False, argv=None) -> dict:
     """Every (point, seed) not yet stored, then the aggregate, the verdicts and the figure in out_dir (copied to
-    figures/ when `publish`); returns the JSON record."""
+    figures/ when `publish`); returns the JSON record. Diverged runs are stored and left out of the aggregate (see
+    the module docstring). ValueError before anything is computed for an out_dir this run cannot write, a store
+    there that is not a sweep store, or a bad workers count."""
+    if not isinstance(cfg, SweepConfig):
+        raise ValueError(f"cfg: expected a SweepConfig, got {type(cfg).__name__}")
+    if scheduler is None:
+        workers = check_workers(workers)
+    cli.prepare_output_directory(out_dir)
     points = cfg.points()
     store = SweepStore(os.path.join(out_dir, "sweep.sqlite"), sweep=cfg.store_name())
     start = time.perf_counter()
@@ -76,13 +107,16 @@ def run(cfg: SweepConfig, out_dir: str, *, workers: int = 1, scheduler: str | No
         rows = run_sweep(fig6.sweep_task, points, cfg.seeds, store, batch_size=PAIRS_PER_TASK, scheduler=scheduler,
                          max_workers=workers, fresh=fresh, progress=bar.update)
     wall = time.perf_counter() - start
-    mean, se = fig6.aggregate(rows, cfg)
-    path = fig6_figure(cfg, mean, se, out_dir)
+    agg = fig6.aggregate(rows, cfg)
+    path = fig6_figure(cfg, agg, out_dir)
     reporting.publish_figures([path], publish)
-    metrics = {"entropy_mean": mean, "entropy_sem": se,
-               "entropy_start_mean": float(np.mean([r["result"]["entropy_start"] for r in rows]))}
+    starts = [r["result"]["entropy_start"] for r in rows if r["result"].get("entropy_start") is not None]
+    metrics = {"entropy_mean": agg["mean"], "entropy_sem": agg["se"],
+               "entropy_start_mean": float(np.mean(starts)) if starts else None,
+               "divergence_policy": fig6.DIVERGENCE_POLICY, "runs_finite": agg["finite"],
+               "runs_diverged": agg["diverged"], "diverged": agg["diverged_runs"]}
     timings = {"total": wall, "training_in_all_stored_rows": float(sum(r["elapsed_s"] for r in rows))}
-    return reporting.make_record(COMMAND, argv, cfg.record(), metrics, fig6.verdicts(mean, se, cfg), timings,
+    return reporting.make_record(COMMAND, argv, cfg.record(), metrics, fig6.verdicts(agg, cfg), timings,
                                  sweep=cfg.store_name(), figures=[os.path.basename(path)])
 
 
@@ -90,6 +124,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = cli.parse(parser, argv, quick=QUICK)
     cfg = cli.config_or_exit(parser, lambda: config_from_args(args))
+    if args.scheduler is None:
+        cli.config_or_exit(parser, lambda: check_workers(args.workers))
     cli.open_store(COMMAND, os.path.join(args.out, "sweep.sqlite"), cfg.store_name())
     # the default experiment (where it runs aside) is what README shows: it alone refreshes figures/
     is_default = replace(cfg, device=SweepConfig().device) == SweepConfig()

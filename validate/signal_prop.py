@@ -15,6 +15,16 @@ Tolerances: 3 standard errors of the mean over networks, with a floor for the fi
 per-layer checks: |rho_th - rho| <= max(0.03, 3 SE), |q_th/q - 1| <= max(5%, 3 SE), Jacobian growth
 max(10%, 3 SE) relative, exponents 3 SE.
 
+Out of float32 range: the networks run in float32, so extreme inputs (q0 near 1e-40 or 1e38) can overflow or
+underflow. Each network whose q, rho, Jacobian growth or exponent becomes NaN, inf (or zero, for q and the
+Jacobian growth) is recorded in the JSON (metrics.SETTING.out_of_float32_range: network seed, quantity, first
+layer) and counts as the worst outcome: that quantity's check FAILs and says how many networks left the range; it
+is left out of the mean. The run finishes and writes its JSON and figure whatever fraction overflowed.
+
+Every input is checked before any compute (exit 2 and one line naming it): sizes (integers >= 1, n >= 2),
+q0 > 0 and finite (and in the range sim's theory evaluates), rho0 in [0, 1), distinct known settings, seeds, the
+device, --out.
+
 Writes --out/signal_prop.json and --out/signal_prop.png; figures/signal_prop.png is updated only by the default
 experiment (the defaults, wherever it runs) or with --update-figures.
 """
@@ -29,7 +39,7 @@ from validate._common.reporting import (format_table, make_record, progress, pub
                                         save_figure, summary_line, write_record)
 from validate._signal_prop.figures import signal_prop_figure
 from validate._signal_prop.propagation_experiment import (SETTINGS, SignalPropConfig, evaluate_setting,
-                                                          same_experiment, verdict_rows)
+                                                          same_experiment, setting_theory, verdict_rows)
 
 COMMAND = "signal_prop"
 QUICK = {"width": 256, "depth": 8, "networks": 4, "probes": 2}
@@ -39,14 +49,22 @@ FLAGS = {"width": "model width d", "n_tokens": "tokens n", "depth": "blocks",
          "settings": "which settings"}
 
 
+def predict(cfg: SignalPropConfig) -> dict:
+    """The theory of every setting (sim checks q0 and rho0 against the ranges its numerics are made for)."""
+    return {name: setting_theory(name, cfg) for name in cfg.settings}
+
+
 def run(cfg: SignalPropConfig, *, argv=(), quiet: bool = False, update_figures: bool = False,
-        figures_dir: str | None = None) -> dict:
-    """Measure every setting, write the JSON record and the figure to cfg.out; returns the record."""
+        figures_dir: str | None = None, theory: dict | None = None) -> dict:
+    """Measure every setting against its theory (predict(cfg), unless given), write the JSON record and the
+    figure to cfg.out; returns the record. Bad input raises ValueError before any network is drawn."""
     start = time.perf_counter()
+    cli.prepare_output_directory(cfg.out)
+    theory = predict(cfg) if theory is None else theory
     results = {}
     with progress(len(cfg.settings) * len(cfg.network_seeds()), "networks", quiet) as bar:
         for name in cfg.settings:
-            results[name] = evaluate_setting(name, cfg, bar)
+            results[name] = evaluate_setting(name, cfg, bar, theory[name])
     figure = save_figure(signal_prop_figure(results, cfg), cfg.out, "signal_prop.png", dpi=110)
     published = publish_figures([figure], update_figures or same_experiment(cfg, SignalPropConfig()), figures_dir)
     record = make_record(COMMAND, argv, cfg, results, verdict_rows(results),
@@ -76,12 +94,16 @@ def parse_config(argv=None) -> tuple[SignalPropConfig, object]:
 
 def main(argv=None) -> int:
     cfg, args = parse_config(argv)
+    try:
+        theory = predict(cfg)
+    except ValueError as error:
+        cli.fail(COMMAND, f"the theory of these inputs: {error}")
     record = run(cfg, argv=sys.argv[1:] if argv is None else argv, quiet=args.quiet,
-                 update_figures=args.update_figures)
+                 update_figures=args.update_figures, theory=theory)
     print(format_table(record["verdicts"]))
     print(summary_line(record["verdicts"], record["timings_s"]["total"], os.path.join(cfg.out, f"{COMMAND}.json")))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_command(COMMAND, main))
+    sys.exit(cli.run_command(COMMAND, main, resumable=False))

@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 
+from validate._common import checks
 from validate._common.reporting import TEMPORARY_PREFIX
 from validate._common.sweep import StoreInUse, SweepStore, check_scheduler
 
@@ -70,14 +71,11 @@ seed_value = integer(0, SEED_LIMIT - 1)
 
 
 def device_value(text: str) -> str:
-    """cpu, cuda or cuda:N; cuda only where torch sees a CUDA device."""
-    if text != "cpu" and not re.fullmatch(r"cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r}: allowed values are cpu, cuda, cuda:N")
-    if text.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA device on this machine (use cpu)")
-    return text
+    """cpu, cuda or cuda:N, the CUDA forms only where torch sees that device."""
+    try:
+        return checks.device("--device", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(error).partition(': ')[2]}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,14 +269,15 @@ def open_store(command: str, path: str, sweep: str) -> SweepStore:
         fail(command, str(error))
 
 
-def run_command(command: str, main, argv=None) -> int:
+def run_command(command: str, main, argv=None, resumable: bool = True) -> int:
     """main(argv), with the ends a user may cause turned into one line instead of a traceback: Ctrl-C (what
     finished is kept, exit 130) and a store another run holds (exit 2)."""
     try:
         return main(argv)
     except KeyboardInterrupt:
-        print(f"python -m validate.{command}: interrupted; every finished run is kept in the store, and running "
-              "the same command again resumes", file=sys.stderr)
+        print(f"python -m validate.{command}: interrupted; " + (
+            "every finished run is kept in the store, and running the same command again resumes" if resumable
+            else "nothing was written"), file=sys.stderr)
         return 130
     except StoreInUse as error:  # another run took the store after open_store checked it
         print(f"python -m validate.{command}: error: {error}", file=sys.stderr)

@@ -327,8 +327,9 @@ class _PlainProgress:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:  # stopped by an exception or Ctrl-C: the error says so, not a "finished" line
+            self.close()
 
 
 class _NoProgress:

@@ -35,6 +35,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import sqlite3
 import threading
@@ -107,19 +108,27 @@ class SweepStore:
         if not os.access(parent, os.W_OK) or (os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
             raise ValueError(f"store {self.path!r}: not writable")
         try:
+            if os.path.exists(self.path):
+                self._check_schema()  # read-only first: a file that is not ours is refused untouched
             with self._connect() as db:
-                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if "results" in tables:
-                    columns = tuple(row[1] for row in db.execute("PRAGMA table_info(results)"))
-                    if columns != _COLUMNS:
-                        raise ValueError(f"store {self.path!r} is a foreign SQLite database: its results table has "
-                                         f"columns {list(columns)}, a sweep store has {list(_COLUMNS)}")
-                elif tables:
-                    raise ValueError(f"store {self.path!r} is a foreign SQLite database (tables {sorted(tables)}), "
-                                     "not a sweep store")
                 db.execute(_SCHEMA)
         except sqlite3.DatabaseError as error:
             raise ValueError(f"store {self.path!r} is not a sweep store: {error}") from None
+
+    def _check_schema(self) -> None:
+        db = sqlite3.connect(f"file:{os.path.abspath(self.path)}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "results" in tables:
+                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(results)"))
+                if columns != _COLUMNS:
+                    raise ValueError(f"store {self.path!r} is a foreign SQLite database: its results table has "
+                                     f"columns {list(columns)}, a sweep store has {list(_COLUMNS)}")
+            elif tables:
+                raise ValueError(f"store {self.path!r} is a foreign SQLite database (tables {sorted(tables)}), "
+                                 "not a sweep store")
+        finally:
+            db.close()
 
     @contextmanager
     def lock(self):
@@ -254,10 +263,12 @@ def make_executor(scheduler: str | None = None, max_workers: int = 1):
             yield pool
         except BaseException:
             # stop at once: drop queued batches and end the workers mid-batch (their rows were never stored)
+            # (futures are not cancelled here: the pool marks them broken itself, and Python 3.11's pool thread
+            # raises InvalidStateError on a future that was cancelled first)
             processes = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
             for process in processes:
                 process.terminate()
+            pool.shutdown(wait=False)
             raise
         else:
             pool.shutdown(wait=True)
@@ -265,7 +276,9 @@ def make_executor(scheduler: str | None = None, max_workers: int = 1):
 
 def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     """Worker initializer: a daemon thread ends this worker when its parent is gone (killed with SIGKILL, say),
-    so a killed sweep leaves no idle workers behind."""
+    so a killed sweep leaves no idle workers behind. Ctrl-C reaches the parent alone, which ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
@@ -320,13 +333,8 @@ def run_sweep(task: Task, points: Sequence[Point], seeds: Sequence[int], store: 
         elif batches:
             with (_borrowed(executor) if executor is not None else make_executor(scheduler, max_workers)) as pool:
                 futures = {pool.submit(_timed, task, batch): batch for batch in batches}
-                try:
-                    for future in cf.as_completed(futures):
-                        keep(futures[future], *future.result())
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+                for future in cf.as_completed(futures):
+                    keep(futures[future], *future.result())
 
         stored = {(point_key(r["point"]), r["seed"]): r for r in store.rows()}
     return [stored[(k, int(s))] for k in keys for s in seeds]

@@ -24,6 +24,10 @@
   C12 ablating SAE latents barely changes accuracy
        paper: the code's splice (post-final-LN, value positions, head at T-1); null: error-term-keeping
        ablation at the readout position of an intermediate layer, against random latents and dense PCA
+
+Divergence (DIVERGENCE_POLICY): a run whose loss, weights or measurements leave the finite numbers is left out
+of the claims and counted in a row of its own ("runs"), FAIL whenever any diverged; a claim with no finished
+run left is INFO ("not measured"), so the table and the JSON are written whatever fraction diverged.
 """
 from __future__ import annotations
 
@@ -33,10 +37,21 @@ import numpy as np
 
 from validate._common.reporting import Verdict
 from validate._execution_manifold import geometry as geo
+from validate._execution_manifold.commutator import ratio
 from validate._execution_manifold.commutator_probe import early_late
-from validate._execution_manifold.part_one import ORIENTATION_K, block_names, point_name, stat_matrix
+from validate._execution_manifold.part_one import (ORIENTATION_K, block_names, diverged_runs, finished, point_name,
+                                                   stat_matrix)
 
 SIGNIFICANCE = 0.05
+DIVERGENCE_POLICY = ("a run whose training loss, weights or measurements (attention, commutators) become NaN or "
+                     "inf stops there and is stored as diverged, with its step; it is left out of every claim and "
+                     "counted in the 'runs' row, which FAILs when any run diverged; claims with no finished run "
+                     "left are INFO (not measured)")
+PART_ONE_CLAIMS = ("C1 dimension 3-4", "C2 robust across seeds", "C3 orientation varies", "C4 routing saturation",
+                   "C5 collapse in first 20-30%", "C6 W_V/W_O below W_Q/W_K")
+PART_TWO_CLAIMS = ("C7 commutator aligned early (<=10x), less late", "C8 >92% perpendicular throughout",
+                   "C9 defect D grows over training", "C10 SAE captures routing", "C11 SAE fails to isolate execution",
+                   "C12 SAE ablation barely matters")
 
 
 def _verdict(claim, measure, quantity, prediction, measurement, tolerance, passed) -> Verdict:
@@ -63,6 +78,19 @@ def _tolerance_text(tol: float, se: float) -> str:
     return f"2 s.e. = {tol:.2f}" if np.isfinite(se) else "0 (one seed)"
 
 
+def divergence_rows(part: str, diverged: list[dict], total: int, claims: tuple) -> list[Verdict]:
+    """The row that counts the runs of a part that diverged (DIVERGENCE_POLICY)."""
+    shown = "; ".join(f"{d['setting']} seed {d['seed']}: {d['where']} at step {d['step']}" for d in diverged)
+    return [_verdict("runs", "", f"{part} runs that diverged (NaN or inf), left out of {claims[0].split()[0]}-"
+                     f"{claims[-1].split()[0]}", "0", f"{len(diverged)} of {total}" + (f" ({shown})" if shown else ""),
+                     "-", not diverged)]
+
+
+def not_measured(claims: tuple, why: str) -> list[Verdict]:
+    """An INFO row per claim that no finished run is left to measure."""
+    return [_verdict(claim, "", "not measured", "-", why, "-", None) for claim in claims]
+
+
 
 
 def orientation_overlaps(results, names, out_dir) -> dict:
@@ -80,8 +108,20 @@ def orientation_overlaps(results, names, out_dir) -> dict:
 
 def part_one_claims(config, runs: dict, out_dir: str) -> tuple[list[Verdict], dict]:
     """The verdict rows of C1-C6 and the aggregated metrics behind them, from run_part_one's `runs` (config: its
-    PartOneConfig; out_dir: where its per-seed arrays are)."""
+    PartOneConfig; out_dir: where its per-seed arrays are). Diverged runs are left out and counted
+    (DIVERGENCE_POLICY); the metrics list them under "diverged"."""
+    diverged = diverged_runs(runs)
+    count = divergence_rows("part one", diverged, sum(len(r) for r in runs.values()), PART_ONE_CLAIMS)
+    runs = {key: finished(results) for key, results in runs.items() if finished(results)}
     main_key = point_name(config.run.markers, config.run.modulus)
+    if main_key not in runs:
+        return count + not_measured(PART_ONE_CLAIMS, f"every run of {main_key} diverged"), {"diverged": diverged}
+    rows, metrics = _part_one_rows(config, runs, main_key, out_dir)
+    metrics["diverged"] = diverged
+    return count + rows, metrics
+
+
+def _part_one_rows(config, runs: dict, main_key: str, out_dir: str) -> tuple[list[Verdict], dict]:
     main = runs[main_key]
     names = block_names(config.run.n_layers)
     n_seeds = len(main)
@@ -237,12 +277,17 @@ def part_one_claims(config, runs: dict, out_dir: str) -> tuple[list[Verdict], di
 # ----------------------------------------------------------------------------------------------------------
 
 def part_two_claims(config, metrics: dict) -> list[Verdict]:
-    """The verdict rows of C7-C12 from part two's metrics (config: its PartTwoConfig)."""
+    """The verdict rows of C7-C12 from part two's metrics (config: its PartTwoConfig); INFO rows where its run
+    diverged (DIVERGENCE_POLICY)."""
+    diverged = [{"setting": "part two", "seed": config.seed, **metrics["diverged"]}] if metrics.get("diverged") else []
+    rows = divergence_rows("part two", diverged, 1, PART_TWO_CLAIMS)
+    if diverged:
+        d = diverged[0]
+        return rows + not_measured(PART_TWO_CLAIMS, f"part two's run diverged: {d['where']} at step {d['step']}")
     commutators, sae_stages = metrics["commutators"], metrics["sae"]
-    rows = []
     acc = commutators["accumulated"]
     paper = acc["ratio_paper"]
-    name = "C7 commutator aligned early (<=10x), less late"
+    name = PART_TWO_CLAIMS[0]
     ci = paper["median_sample_difference_ci"]
     rows.append(_verdict(name, "paper", "rho_exec/rho_rand (whole P), early -> late",
                          "early >= 5 and early > late",
@@ -268,7 +313,7 @@ def part_two_claims(config, metrics: dict) -> list[Verdict]:
                          f"{delta_early:.2f} vs {gradient_early:.2f}"
                          f"; rho ratio {acc['inheritance_ratio']['median_over_samples_early']:.2f}",
                          "a comparison", delta_early > gradient_early))
-    name = "C8 >92% perpendicular throughout"
+    name = PART_TWO_CLAIMS[1]
     complement = np.array(acc["perp_complement_frac"]["median_sample"])
     rows.append(_verdict(name, "paper", "min_t (1 - rho_exec) (the code's resid_frac)", ">= 0.92",
                          f"{complement.min():.3f}", "a bound", complement.min() >= 0.92))
@@ -277,7 +322,7 @@ def part_two_claims(config, metrics: dict) -> list[Verdict]:
         rows.append(_verdict(name, "null", f"min_t {key}", ">= 0.92",
                              f"{values.min():.4f} (random vector: {1 - acc['K'] / acc['P']:.4f} energy)", "a bound",
                              values.min() >= 0.92))
-    name = "C9 defect D grows over training"
+    name = PART_TWO_CLAIMS[2]
     d = commutators["defect"]
     rows.append(_verdict(name, "paper", "median D early -> late (NaN-guarded)", "late > early",
                          f"{d['early']:.2f} -> {d['late']:.2f}; same-m {d['same_m_median']:.2f}, "
@@ -292,8 +337,8 @@ def part_two_claims(config, metrics: dict) -> list[Verdict]:
         at_eta, at_quarter = check["eta"]["relative_difference"], check["eta_over_4"]["relative_difference"]
         rows.append(_verdict(name, "null", "delta vs eta^2 (H_B g_A - H_A g_B) (HVP), end of training",
                              "<< 1, ~4x smaller at eta/4",
-                             f"{at_eta:.2e} at eta, {at_quarter:.2e} at eta/4 (x{at_eta / at_quarter:.1f})",
-                             "<= 0.1; ratio 2.5-6", at_eta <= 0.1 and 2.5 <= at_eta / at_quarter <= 6))
+                             f"{at_eta:.2e} at eta, {at_quarter:.2e} at eta/4 (x{ratio(at_eta, at_quarter):.1f})",
+                             "<= 0.1; ratio 2.5-6", at_eta <= 0.1 and 2.5 <= ratio(at_eta, at_quarter) <= 6))
     # SAE claims, per stage
     for step, stage in sorted(sae_stages.items(), key=lambda item: int(item[0])):  # JSON keys are text
         topk, relu = stage["topk"], stage["relu_l1"]

@@ -26,6 +26,7 @@ import sympy as sp
 import torch
 
 from theory import commutator as theory
+from validate._common import checks
 from validate._execution_manifold.geometry import effective_dimension
 
 BASIS_KINDS = ("accumulated", "final", "window")
@@ -40,6 +41,12 @@ _random_norm_paper = sp.lambdify((theory.K, theory.P), theory.random_subspace_no
 _random_energy_mean = sp.lambdify((theory.K, theory.P), theory.random_subspace_energy_mean, modules="math")
 _perp = {name: sp.lambdify(theory.rho, getattr(theory, name), modules="math")
          for name in ("perp_norm_frac", "perp_energy_frac", "perp_complement_frac")}
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN where b is 0 or either is not finite: a ratio undefined there (an empty basis of a run that
+    never moved, a zero commutator, a stored NaN) reads as NaN instead of stopping with ZeroDivisionError."""
+    return a / b if b != 0 and math.isfinite(a) and math.isfinite(b) else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,13 +80,36 @@ def normalized_defect(delta, grad_a, grad_b, lr, floor: float = 1e-12) -> float:
     return float(_defect(float(delta.norm()), norm_a, norm_b, float(lr)))
 
 
-def _flat_gradient(model, loss_fn, batch, parameters) -> torch.Tensor:
+class NonFiniteCommutator(ValueError):
+    """The two SGD paths left the finite numbers: a NaN or inf loss or gradient, or a step too large for the
+    parameters' precision. A ValueError, so that the public sgd_commutator raises what every bad input raises."""
+
+
+def _flat_gradient(model, loss_fn, batch, parameters, where: str = "at the model's parameters") -> torch.Tensor:
+    """The gradient of loss_fn(model, batch), flat in the order of `parameters`; zero for parameters that do
+    not require gradients or that the loss does not use. `where` says where the model is, for the errors."""
     loss = loss_fn(model, batch)
-    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(parameters, grads)])
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                         + (f" of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else ""))
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteCommutator(f"loss_fn returned {float(loss.detach())} {where}: a commutator needs a finite "
+                                  "loss")
+    trainable = [p for p in parameters if p.requires_grad]
+    found = iter(torch.autograd.grad(loss, trainable, allow_unused=True) if trainable and loss.requires_grad
+                 else [None] * len(trainable))
+    grads = [next(found) if p.requires_grad else None for p in parameters]
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(parameters, grads)])
+    if not torch.isfinite(flat).all():
+        raise NonFiniteCommutator(f"the gradient of loss_fn is not finite {where}")
+    return flat
 
 
 def _add_flat_(parameters, flat: torch.Tensor, scale: float) -> None:
+    for p in parameters:
+        if p.is_floating_point() and abs(scale) > torch.finfo(p.dtype).max:
+            raise NonFiniteCommutator(f"lr = {abs(scale):g} exceeds the largest {p.dtype} number: the SGD step "
+                                      "cannot be represented")
     offset = 0
     with torch.no_grad():
         for p in parameters:
@@ -116,9 +146,13 @@ def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch
     Both paths start from the same parameters, buffers and RNG state (so dropout draws match), and all three
     are restored exactly afterwards. dtype=None steps the model itself in its own precision, as the paper's
     code does; dtype=torch.float64 works on a float64 copy, which removes the float32 round-off of
-    theta_AB - theta_BA (a difference of two O(1) vectors that agree to O(lr^2))."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    theta_AB - theta_BA (a difference of two O(1) vectors that agree to O(lr^2)).
+
+    ValueError for an lr that is not a finite number > 0, a model without parameters, or a loss_fn that does
+    not return a scalar tensor; NonFiniteCommutator (a ValueError) where a loss, gradient or step is not finite."""
+    lr = checks.real("lr", lr, minimum=0.0, above=True)
+    if not any(True for _ in model.parameters()):
+        raise ValueError("model has no parameters: there is nothing for an SGD step to move")
     if dtype is not None:
         rng = torch.get_rng_state()
         working = copy.deepcopy(model).to(dtype)
@@ -133,21 +167,29 @@ def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch
             saved.reset()
             g_first = _flat_gradient(model, loss_fn, first, parameters)
             _add_flat_(parameters, g_first, -lr)
-            g_second = _flat_gradient(model, loss_fn, second, parameters)
+            g_second = _flat_gradient(model, loss_fn, second, parameters,
+                                      f"after one SGD step of lr = {lr:g} (use a smaller lr)")
             _add_flat_(parameters, g_second, -lr)
             end = torch.cat([p.detach().reshape(-1) for p in parameters]).clone()
             paths.append((end, g_first))
         (theta_ab, grad_a), (theta_ba, grad_b) = paths
     finally:
         saved.reset()
-    return CommutatorSample(theta_ab - theta_ba, grad_a, grad_b, float(lr))
+    delta = theta_ab - theta_ba
+    if not torch.isfinite(delta).all():
+        raise NonFiniteCommutator(f"lr = {lr:g}: the two SGD paths overflow (theta_AB - theta_BA is not finite); "
+                                  "use a smaller lr")
+    return CommutatorSample(delta, grad_a, grad_b, lr)
 
 
 def sgd_commutator(model, loss_fn: Callable, batch_a, batch_b, lr: float) -> torch.Tensor:
     """The public API (validate.geometry): theta_AB - theta_BA as one flat tensor, parameters in the order of
     model.parameters(); theta_AB = a plain SGD step on batch_a, then one on batch_b. loss_fn(model, batch) ->
-    scalar tensor.
-    The model's parameters, buffers and RNG state are left exactly as they were."""
+    scalar tensor; lr: a finite number > 0 (NumPy scalars too). Parameters that do not require gradients stay
+    where they are (zero entries). The model's parameters, buffers and RNG state are left exactly as they were.
+    ValueError for a bad lr, a model without parameters, a loss_fn that does not return a scalar tensor, or
+    paths that leave the finite numbers (a NaN/inf loss or gradient at the model, or an lr so large the steps
+    overflow): the result is always finite."""
     return measure_commutator(model, loss_fn, batch_a, batch_b, lr).delta
 
 
@@ -171,6 +213,8 @@ def hvp_commutator(model, loss_fn: Callable, batch_a, batch_b, lr: float) -> tor
     forward-over-reverse Hessian-vector products (torch.func.jvp of torch.func.grad). Flat, in the order of
     model.parameters(); the model is not modified."""
     from torch.func import functional_call, grad, jvp
+
+    lr = checks.real("lr", lr, minimum=0.0, above=True)
 
     wrapper = _LossModule(model, loss_fn)
     names = [f"model.{n}" for n, _ in model.named_parameters()]
@@ -330,12 +374,18 @@ def random_subspace_rho_qr(vector, k: int, n_trials: int, generator: np.random.G
 def random_subspace_rho_draws(k: int, ambient: int, n_trials: int, generator: np.random.Generator) -> np.ndarray:
     """The same distribution without forming Q: for a uniformly random k-dim subspace of R^ambient and any
     fixed v, rho^2 ~ Beta(k/2, (ambient - k)/2) (rotation invariance; theory.commutator). Exact, O(1) per draw,
-    and what keeps the baseline affordable at P ~ 10^6."""
+    and what keeps the baseline affordable at P ~ 10^6. k = 0 (an empty basis: a trajectory that never moved)
+    projects nothing: zeros."""
+    if k == 0:
+        return np.zeros(n_trials)
     return np.sqrt(generator.beta(k / 2.0, (ambient - k) / 2.0, size=n_trials))
 
 
 def random_subspace_expectations(k: int, ambient: int) -> dict:
-    """E[rho] (exact), sqrt(K/P) (the paper's value) and E[rho^2] = K/P for a random k-dim subspace."""
+    """E[rho] (exact), sqrt(K/P) (the paper's value) and E[rho^2] = K/P for a random k-dim subspace (all 0 for
+    k = 0)."""
+    if k == 0:
+        return {"norm_mean": 0.0, "paper": 0.0, "energy_mean": 0.0}
     return {"norm_mean": float(_random_norm_mean(k, ambient)), "paper": float(_random_norm_paper(k, ambient)),
             "energy_mean": float(_random_energy_mean(k, ambient))}
 
@@ -436,14 +486,14 @@ def alignment(basis: ExecutionBasis, sample: CommutatorSample, generator: np.ran
         "rho_exec_grad_a": basis.rho(grad_a), "rho_exec_grad_b": basis.rho(grad_b),
         "defect": sample.defect, "gradient_cosine": sample.gradient_cosine,
     }
-    result["ratio_paper"] = rho_exec / result["rho_rand_paper"]
-    result["ratio_support"] = rho_exec / result["rho_rand_support"]
-    result["ratio_block"] = rho_exec / result["rho_rand_block"]
-    result["ratio_energy_block"] = rho_exec ** 2 / block_energy if block_energy > 0 else float("nan")
-    result["inheritance_ratio"] = rho_exec / result["rho_exec_mean_gradient"]
+    # NaN where a baseline is 0 (an empty basis: the trajectory never moved) or delta is 0
+    result["ratio_paper"] = ratio(rho_exec, result["rho_rand_paper"])
+    result["ratio_support"] = ratio(rho_exec, result["rho_rand_support"])
+    result["ratio_block"] = ratio(rho_exec, result["rho_rand_block"])
+    result["ratio_energy_block"] = ratio(rho_exec ** 2, block_energy)
+    result["inheritance_ratio"] = ratio(rho_exec, result["rho_exec_mean_gradient"])
     # the mean gradient against its own block-matched baseline: is the gradient itself as aligned as delta?
     gradient_energy = block_matched_energy(basis, mean_gradient)
-    result["ratio_energy_block_mean_gradient"] = (result["rho_exec_mean_gradient"] ** 2 / gradient_energy
-                                                  if gradient_energy > 0 else float("nan"))
+    result["ratio_energy_block_mean_gradient"] = ratio(result["rho_exec_mean_gradient"] ** 2, gradient_energy)
     result.update(perpendicular_fractions(rho_exec))
     return result

@@ -21,6 +21,7 @@ import torch
 from validate._execution_manifold import commutator as comm
 from validate._execution_manifold import geometry as geo
 from validate._execution_manifold.modular import TaskConfig, cross_entropy_and_accuracy, sample_batch
+from validate._execution_manifold.trajectory import Diverged
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -53,6 +54,14 @@ class CommutatorProbe:
         self.seconds = 0.0
 
     def __call__(self, step: int, model) -> None:
+        """Measure at this snapshot; Diverged where a commutator leaves the finite numbers (a model whose loss
+        or gradient is NaN or inf, or an eta too large for the steps)."""
+        try:
+            self._measure(step, model)
+        except comm.NonFiniteCommutator:
+            raise Diverged(step, "commutator") from None
+
+    def _measure(self, step: int, model) -> None:
         started = time.perf_counter()
         cfg = self.config
         index = len(next(iter(self.snapshots.values()))) if self.snapshots else 0
@@ -130,9 +139,10 @@ class CommutatorProbe:
                              for d, p in zip(basis.directions, parts))
                 total = kept[norm_key] ** 2
                 rho = np.sqrt(energy / total) if total > 0 else float("nan")
-                expected = sum(d.shape[1] / s.size * float(np.sum(p.astype(np.float64) ** 2))
-                               for d, s, p in zip(basis.directions, basis.slices, parts)) / total
-                row[key.split("_")[0]] = {"rho_exec": float(rho), "ratio_energy_block": float(rho ** 2 / expected)}
+                expected = comm.ratio(sum(d.shape[1] / s.size * float(np.sum(p.astype(np.float64) ** 2))
+                                     for d, s, p in zip(basis.directions, basis.slices, parts)), total)
+                row[key.split("_")[0]] = {"rho_exec": float(rho),
+                                          "ratio_energy_block": comm.ratio(float(rho ** 2), expected)}
             out.append(row)
         return out
 
@@ -169,6 +179,15 @@ def bootstrap_median_difference(early, late, n: int = 2000, seed: int = 0) -> tu
     return float(low), float(high)
 
 
+def _spearman_with_time(values: np.ndarray) -> float:
+    """Spearman of a series with its measurement index, over its finite entries (NaN with fewer than 2: a ratio
+    is NaN where its baseline is 0, e.g. an empty basis)."""
+    finite = np.isfinite(values)
+    if finite.sum() < 2:
+        return float("nan")
+    return geo.spearman(np.arange(len(values), dtype=float)[finite], values[finite])
+
+
 def commutator_summary(probe: CommutatorProbe) -> dict:
     cfg = probe.config
     records = probe.records
@@ -190,7 +209,7 @@ def commutator_summary(probe: CommutatorProbe) -> dict:
                     part[key][how + "_early"] = float(np.median(early))
                     part[key][how + "_late"] = float(np.median(late))
                     part[key][how + "_difference_ci"] = [low, high]
-                    part[key][how + "_spearman_time"] = geo.spearman(np.arange(len(values), dtype=float), values)
+                    part[key][how + "_spearman_time"] = _spearman_with_time(values)
         first = next(r for r in records if basis in r)
         part["K"] = first[basis][0]["K"]
         part["P"] = first[basis][0]["P"]

@@ -5,6 +5,9 @@
                                                        saturation fit), _collapse.png (window and prefix r90)
     part_two_figures(config, metrics, out_dir)         execution_manifold_commutator.png (alignment, baselines,
                                                        defect), _sae.png (routing capture, probes, ablations)
+
+Diverged runs are left out (as the claims leave them out); where no finished run is left, each figure shows the
+loss curves of the runs until they diverged instead, under the same file name, so every figure is written.
 """
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ import numpy as np
 from validate._common.reporting import save_figure
 from validate._execution_manifold import geometry as geo
 from validate._execution_manifold.commutator_probe import early_late
-from validate._execution_manifold.part_one import BLOCK_KINDS, block_names, point_name, stat_matrix
+from validate._execution_manifold.part_one import BLOCK_KINDS, block_names, finished, point_name, stat_matrix
+
+PART_ONE_NAMES = ("execution_manifold_dimension.png", "execution_manifold_routing.png",
+                  "execution_manifold_collapse.png")
+PART_TWO_NAMES = ("execution_manifold_commutator.png", "execution_manifold_sae.png")
 
 
 def _pyplot():
@@ -26,6 +33,39 @@ def _pyplot():
     return plt
 
 
+def _log_scale(ax) -> None:
+    """A log y-axis where the axis has positive data to show (one without, e.g. all-NaN series read back from a
+    store, cannot be drawn on a log axis)."""
+    values = [np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
+    if any(np.any(np.isfinite(v) & (v > 0)) for v in values):
+        ax.set_yscale("log")
+
+
+def diverged_figures(names, curves: list[tuple[str, dict]], out_dir: str, why: str) -> list[str]:
+    """In place of figures that need a finished run: the loss curve of every run (label, result) until it
+    diverged, once per name."""
+    plt = _pyplot()
+    paths = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label, result in curves:
+            d = result["diverged"]
+            ax.plot(result["snapshot_steps"], result["loss_curve"], "o-", ms=3,
+                    label=f"{label}: {d['where']} at step {d['step']}")
+        losses = np.array([v for _, result in curves for v in result["loss_curve"]], dtype=np.float64)
+        losses = losses[np.isfinite(losses)]
+        if losses.size and losses.min() > 0 and losses.max() > 100 * losses.min():
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (mean since the previous snapshot)")
+        ax.set_title(f"{why}: nothing to show here; the loss until each run diverged", fontsize=9)
+        if curves:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir, name))
+    return paths
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Part one
 # ----------------------------------------------------------------------------------------------------------
@@ -34,7 +74,11 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
     """Part one's three figures from run_part_one's `runs` and part_one_claims' metrics (config: its
     PartOneConfig); returns their paths."""
     plt = _pyplot()
-    main = runs[point_name(config.run.markers, config.run.modulus)]
+    main_key = point_name(config.run.markers, config.run.modulus)
+    main = finished(runs[main_key])
+    if not main:
+        return diverged_figures(PART_ONE_NAMES, [(f"seed {r.get('seed')}", r) for r in runs[main_key]], out_dir,
+                                f"every run of {main_key} diverged")
     names = block_names(config.run.n_layers)
     layers = np.arange(config.run.n_layers)
     paths = []
@@ -66,10 +110,11 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
     fig.suptitle(f"Trajectory dimension per block against null models with the same {config.run.n_snapshots} "
                  f"snapshots ({len(main)} seeds)", fontsize=10)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir, "execution_manifold_dimension.png"))
+    paths.append(save_figure(fig, out_dir, PART_ONE_NAMES[0]))
 
     # entropy and routing coordinate over training -----------------------------------------------------------
     steps = np.array(main[0]["snapshot_steps"])
+    first_seed = main[0].get("seed", config.seeds[0])  # the first seed that did not diverge
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     entropy = np.array([r["attention"]["entropy"] for r in main])  # (seeds, layers, snapshots)
     for layer in layers:
@@ -85,7 +130,7 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
         axes[0, 1].plot(steps, np.array(h) / np.log(config.run.seq_len), ls="--", lw=1,
                         label=f"last-layer entropy / ln T, m = {m}")
     axes[0, 1].set_xlabel("step")
-    axes[0, 1].set_title(f"seed {config.seeds[0]}: probe accuracy (solid), entropy (dashed)")
+    axes[0, 1].set_title(f"seed {first_seed}: probe accuracy (solid), entropy (dashed)")
     axes[0, 1].legend(fontsize=6, ncol=2)
     arrays = np.load(os.path.join(out_dir, main[0]["arrays"]))
     last = main[0]["routing"][-1]
@@ -94,21 +139,22 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
     axes[1, 0].plot(steps, coordinate, color="tab:purple")
     axes[1, 0].set_xlabel("step")
     axes[1, 0].set_ylabel(f"routing coordinate {last['coordinate_name']}")
-    axes[1, 0].set_title(f"seed {config.seeds[0]}: routing coordinate, rho_S = {last['rho']:+.2f} "
+    axes[1, 0].set_title(f"seed {first_seed}: routing coordinate, rho_S = {last['rho']:+.2f} "
                          f"(p = {last['p_value']:.3f}; clock {last['time_rho']:+.2f})", fontsize=9)
     sat = last["saturation"]
     grid = np.linspace(coordinate.min(), coordinate.max(), 200)
     points = axes[1, 1].scatter(coordinate, h_last, c=steps, cmap="viridis", s=18, label="snapshots")
     fig.colorbar(points, ax=axes[1, 1], label="step")
-    axes[1, 1].plot(grid, geo.saturation_curve(grid, sat["h_min"], sat["h_max"], sat["r0"], sat["tau"]),
-                    color="tab:red", label=f"sigmoid fit R^2 = {sat['r_squared']:.2f}, S = "
-                                           f"{sat['late_slope_ratio']:.2f}")
+    fitted = [sat[k] for k in ("h_min", "h_max", "r0", "tau")]
+    if np.all(np.isfinite(fitted)) and sat["tau"] != 0:  # NaN: nothing moved, so nothing was fitted
+        axes[1, 1].plot(grid, geo.saturation_curve(grid, *fitted), color="tab:red",
+                        label=f"sigmoid fit R^2 = {sat['r_squared']:.2f}, S = {sat['late_slope_ratio']:.2f}")
     axes[1, 1].set_xlabel("routing coordinate")
     axes[1, 1].set_ylabel("last-layer entropy (nats)")
     axes[1, 1].set_title("saturation along the routing coordinate", fontsize=9)
     axes[1, 1].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir, "execution_manifold_routing.png"))
+    paths.append(save_figure(fig, out_dir, PART_ONE_NAMES[1]))
 
     # collapse: window r90 of the joint trajectory against the random-walk null ------------------------------
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -137,7 +183,7 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
     axes[1].set_title("prefix dimension", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir, "execution_manifold_collapse.png"))
+    paths.append(save_figure(fig, out_dir, PART_ONE_NAMES[2]))
     return paths
 
 
@@ -147,6 +193,9 @@ def part_one_figures(config, runs: dict, metrics: dict, out_dir: str) -> list[st
 
 def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
     """Part two's two figures from its metrics (config: its PartTwoConfig); returns their paths."""
+    if metrics.get("diverged"):
+        return diverged_figures(PART_TWO_NAMES, [(f"part two, seed {config.seed}", metrics)], out_dir,
+                                "part two's run diverged")
     plt = _pyplot()
     c = metrics["commutators"]
     acc = c["accumulated"]
@@ -159,7 +208,7 @@ def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
     for key, label in (("rho_rand_paper", "random, whole P (paper)"), ("rho_rand_support", "random, support"),
                        ("rho_rand_block", "random, block-matched")):
         ax.plot(steps, acc[key]["median_over_samples"], "--", label=label)
-    ax.set_yscale("log")
+    _log_scale(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("||B B^T delta|| / ||delta||")
     ax.set_title(f"commutator in the accumulated execution basis (K={acc['K']}, P={acc['P']})", fontsize=9)
@@ -175,7 +224,7 @@ def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
     ax.plot(final_steps, np.sqrt(c["final"]["ratio_energy_block"]), ":", color="k",
             label="final basis, sqrt(energy / block E)")
     ax.axhline(1, color="0.5", lw=0.8)
-    ax.set_yscale("log")
+    _log_scale(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("alignment ratio")
     ax.set_title("ratios (thick bars: early / late medians, first / last 20%)", fontsize=9)
@@ -196,7 +245,7 @@ def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
     ax2.plot(steps, acc["inheritance_ratio"]["median_over_samples"], color="tab:green", lw=1,
              label="rho_exec(delta) / rho_exec(mean gradient)")
     ax2.set_ylabel("inheritance ratio", color="tab:green")
-    ax.set_yscale("log")
+    _log_scale(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("D = ||delta|| / (||eta g_A|| ||eta g_B||)")
     ax.set_title("normalized defect (float64 paths) and gradient-inheritance control", fontsize=9)
@@ -206,7 +255,7 @@ def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
     fig.suptitle(f"SGD commutators, {run.n_layers} layers d={run.d_model}, {run.optimizer} lr {run.lr}, "
                  f"{config.commutator_samples} samples per snapshot, eta={config.commutator_lr}", fontsize=10)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir, "execution_manifold_commutator.png"))
+    paths.append(save_figure(fig, out_dir, PART_TWO_NAMES[0]))
 
     stages = metrics["sae"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -250,5 +299,5 @@ def part_two_figures(config, metrics: dict, out_dir: str) -> list[str]:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir, "execution_manifold_sae.png"))
+    paths.append(save_figure(fig, out_dir, PART_TWO_NAMES[1]))
     return paths

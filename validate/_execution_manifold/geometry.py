@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from validate._common import checks
+
 NULL_KINDS = ("random_walk", "shuffled_increments", "sign_flipped_increments")
 _FRACTION_SLACK = 1e-12  # float round-off in cumulative variance fractions (q = 1.0 must still be reachable)
 
@@ -31,22 +33,70 @@ _FRACTION_SLACK = 1e-12  # float round-off in cumulative variance fractions (q =
 # Input checks
 # ----------------------------------------------------------------------------------------------------------
 
+# Every public function checks its inputs first (ValueError naming the input); the measures that are ratios of
+# variances (r_q, PR, PC1 fraction, increment r_q, the nulls' statistics) work on a copy rescaled by a power of two,
+# so they do not depend on the scale of X: X * 1e-200 and X * 1e200 give what X gives.
+
 def _as_trajectory(X, name: str = "X", min_rows: int = 2) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+    X = checks.real_array(name, X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_snapshots, D), got shape {X.shape}")
     if X.shape[0] < min_rows:
         raise ValueError(f"{name} must have at least {min_rows} rows (snapshots), got {X.shape[0]}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name} contains NaN or inf")
+    if X.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column (coordinate), got shape {X.shape}")
     return X
 
 
-def _check_fraction(q: float) -> float:
-    q = float(q)
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {q}")
-    return q
+def _as_gram(gram, name: str = "gram_of_increments") -> np.ndarray:
+    """A symmetric positive semi-definite (n-1, n-1) Gram matrix of increments, n >= 2 snapshots."""
+    G = checks.real_array(name, gram)
+    if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] < 1:
+        raise ValueError(f"{name} must be a square (n-1, n-1) array with n >= 2 snapshots, got shape {G.shape}")
+    scale = checks.binary_scale(G)
+    if np.max(np.abs(G - G.T)) > 1e-8 * scale or np.min(np.diag(G)) < -1e-8 * scale:
+        raise ValueError(f"{name} must be a Gram matrix (symmetric, non-negative diagonal)")
+    return G
+
+
+def _unit_spectrum(spectrum, name: str = "spectrum") -> np.ndarray:
+    """A variance spectrum (1-D, non-empty, finite, >= 0 up to round-off), rescaled so its largest entry is in
+    [0.5, 1)."""
+    spectrum = checks.real_array(name, spectrum)
+    if spectrum.ndim != 1 or spectrum.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {spectrum.shape}")
+    spectrum = spectrum / checks.binary_scale(spectrum)
+    if spectrum.min() < -1e-9:
+        raise ValueError(f"{name} has a negative entry ({spectrum.min():g} of its largest): variances are >= 0")
+    return np.clip(spectrum, 0.0, None)
+
+
+def _unit_centred(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """The mean-centred rows of a checked X, divided by a power of two; and that factor."""
+    outer = checks.binary_scale(X)
+    scaled = X / outer
+    centred = scaled - scaled.mean(axis=0)
+    inner = checks.binary_scale(centred)
+    return centred / inner, outer * inner
+
+
+def _unit_increments(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """The increments of a checked X, divided by a power of two; and that factor."""
+    outer = checks.binary_scale(X)
+    increments = np.diff(X / outer, axis=0)
+    inner = checks.binary_scale(increments)
+    return increments / inner, outer * inner
+
+
+def _rescaled(values: np.ndarray, scale: float, power: int, name: str) -> np.ndarray:
+    """values * scale**power back in the caller's units; ValueError where that overflows float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(power):
+            values = values * scale
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} is too large: the result overflows float64 (the dimension measures do not "
+                         "depend on the scale; rescale the input for this one)")
+    return values
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,11 +107,18 @@ def variance_spectrum(X) -> np.ndarray:
     """PCA variance spectrum lambda_1 >= lambda_2 >= ... of the mean-centred rows of X (n, D).
 
     lambda_j = s_j^2 / n with s the singular values of the centred X (Xu 2026 eq. for Sigma, section 3.3.1).
-    Returns all n values (the last is 0 up to round-off, since centring removes one dimension).
+    Returns all n values (the last is 0 up to round-off, since centring removes one dimension), in X's units
+    squared: values below ~1e-308 underflow to 0, and ValueError where they overflow (|X| ~ 1e154 and beyond).
     """
+    spectrum, scale = _scale_free_spectrum(X)
+    return _rescaled(spectrum, scale, 2, "X")
+
+
+def _scale_free_spectrum(X) -> tuple[np.ndarray, float]:
+    """variance_spectrum(X) / scale^2 and that scale (a power of two): the ratio measures read the first."""
     X = _as_trajectory(X)
-    centred = X - X.mean(axis=0)
-    return _spectrum_from_gram(centred @ centred.T, n_snapshots=X.shape[0])
+    centred, scale = _unit_centred(X)
+    return _spectrum_from_gram(centred @ centred.T, n_snapshots=X.shape[0]), scale
 
 
 def _spectrum_from_gram(gram: np.ndarray, n_snapshots: int) -> np.ndarray:
@@ -71,8 +128,8 @@ def _spectrum_from_gram(gram: np.ndarray, n_snapshots: int) -> np.ndarray:
 
 def rank_at_fraction(spectrum, q: float = 0.9) -> int:
     """Smallest k with sum_{j<=k} spectrum_j / sum spectrum >= q (0 for a zero spectrum); r_q of the paper."""
-    q = _check_fraction(q)
-    spectrum = np.sort(np.asarray(spectrum, dtype=np.float64))[::-1]
+    q = checks.fraction("q", q)
+    spectrum = np.sort(_unit_spectrum(spectrum))[::-1]
     total = spectrum.sum()
     if total <= 0.0:
         return 0
@@ -82,27 +139,32 @@ def rank_at_fraction(spectrum, q: float = 0.9) -> int:
 
 def effective_dimension(X, q: float = 0.9) -> int:
     """r_q of Xu (2026, section 3.3.1) on the full spectrum: the smallest k whose top-k principal components
-    of the mean-centred rows of X (n_snapshots, D) hold >= q of the variance. 0 when X does not move."""
-    q = _check_fraction(q)
-    return rank_at_fraction(variance_spectrum(X), q)
+    of the mean-centred rows of X (n_snapshots, D) hold >= q of the variance. 0 when X does not move (all rows
+    equal, an all-zero X among them). A ratio of variances: X * c gives the same value for every c != 0 (the
+    spectrum is computed on a copy rescaled by a power of two, so neither 1e-200 nor 1e200 under- or overflows)."""
+    q = checks.fraction("q", q)
+    return rank_at_fraction(_scale_free_spectrum(X)[0], q)
 
 
 def participation_ratio_of_spectrum(spectrum) -> float:
-    spectrum = np.asarray(spectrum, dtype=np.float64)
+    spectrum = _unit_spectrum(spectrum)
     squares = float(np.sum(spectrum ** 2))
     return float(spectrum.sum() ** 2 / squares) if squares > 0 else 0.0
 
 
 def participation_ratio(X) -> float:
-    """PR = (sum lambda)^2 / sum lambda^2 of the variance spectrum: a dimension without r90's threshold."""
-    return participation_ratio_of_spectrum(variance_spectrum(X))
+    """PR = (sum lambda)^2 / sum lambda^2 of the variance spectrum: a dimension without r90's threshold. 0 when X
+    does not move; independent of X's scale."""
+    return participation_ratio_of_spectrum(_scale_free_spectrum(X)[0])
 
 
 def entropy_effective_rank(X) -> float:
     """The paper code's `effective_rank`: exp of the Shannon entropy of p_j = s_j / sum s, on the singular
     values s (not s^2), as in bubble-modadd `analysis_alignment.py`. Kept to reproduce the code; it is large
-    (~23 for a 41-snapshot random walk) and not what the paper's figures show."""
-    singular_values = np.sqrt(variance_spectrum(X) * np.asarray(X).shape[0])
+    (~23 for a 41-snapshot random walk) and not what the paper's figures show. 0 when X does not move;
+    independent of X's scale."""
+    spectrum, _ = _scale_free_spectrum(X)
+    singular_values = np.sqrt(spectrum * spectrum.size)
     total = singular_values.sum()
     if total <= 0:
         return 0.0
@@ -112,9 +174,11 @@ def entropy_effective_rank(X) -> float:
 
 def capped_rank_at_fraction(spectrum, q: float = 0.9, n_components: int = 8) -> int:
     """The paper code's r90: `searchsorted(cumsum(ratio[:8]), q) + 1` on the first 8 explained-variance
-    ratios (sklearn PCA with 8 components), hence capped at n_components + 1 (analysis_alignment.py)."""
-    q = _check_fraction(q)
-    spectrum = np.sort(np.asarray(spectrum, dtype=np.float64))[::-1]
+    ratios (sklearn PCA with 8 components), hence capped at n_components + 1 (analysis_alignment.py); 0 for a
+    zero spectrum."""
+    q = checks.fraction("q", q)
+    n_components = checks.integer("n_components", n_components, minimum=1)
+    spectrum = np.sort(_unit_spectrum(spectrum))[::-1]
     total = spectrum.sum()
     if total <= 0:
         return 0
@@ -123,7 +187,8 @@ def capped_rank_at_fraction(spectrum, q: float = 0.9, n_components: int = 8) -> 
 
 
 def pc1_fraction_of_spectrum(spectrum) -> float:
-    spectrum = np.asarray(spectrum, dtype=np.float64)
+    """Largest entry / sum of a variance spectrum; 0 for a zero spectrum."""
+    spectrum = _unit_spectrum(spectrum)
     total = spectrum.sum()
     return float(spectrum.max() / total) if total > 0 else 0.0
 
@@ -133,10 +198,11 @@ def pc1_fraction_of_spectrum(spectrum) -> float:
 # ----------------------------------------------------------------------------------------------------------
 
 def increment_gram(X) -> np.ndarray:
-    """G = Delta Delta^T for the increments Delta_i = X_{i+1} - X_i of a trajectory X (n, D); (n-1, n-1)."""
+    """G = Delta Delta^T for the increments Delta_i = X_{i+1} - X_i of a trajectory X (n, D); (n-1, n-1), in X's
+    units squared (ValueError where that overflows float64)."""
     X = _as_trajectory(X)
-    increments = np.diff(X, axis=0)
-    return increments @ increments.T
+    increments, scale = _unit_increments(X)
+    return _rescaled(increments @ increments.T, scale, 2, "X")
 
 
 def _cumulative_sum_matrix(n_snapshots: int) -> np.ndarray:
@@ -145,8 +211,20 @@ def _cumulative_sum_matrix(n_snapshots: int) -> np.ndarray:
 
 
 def spectrum_from_increment_gram(gram_of_increments) -> np.ndarray:
-    """PCA variance spectrum of the trajectory whose increments have Gram matrix G (see module docstring)."""
-    G = np.asarray(gram_of_increments, dtype=np.float64)
+    """PCA variance spectrum of the trajectory whose increments have Gram matrix G (see module docstring), in G's
+    units (ValueError where that overflows float64)."""
+    G = _as_gram(gram_of_increments)
+    scale = checks.binary_scale(G)
+    return _rescaled(_gram_spectrum(G / scale), scale, 1, "gram_of_increments")
+
+
+def _unit_gram(gram_of_increments) -> np.ndarray:
+    """A checked Gram matrix divided by a power of two: what the ratio measures read."""
+    G = _as_gram(gram_of_increments)
+    return G / checks.binary_scale(G)
+
+
+def _gram_spectrum(G: np.ndarray) -> np.ndarray:
     n_snapshots = G.shape[0] + 1
     L = _cumulative_sum_matrix(n_snapshots)
     centred_L = L - L.mean(axis=0)
@@ -158,7 +236,7 @@ def increment_direction_spectrum(gram_of_increments) -> np.ndarray:
     measures the span of the directions the trajectory moves in). An isotropic walk in high dimension has
     nearly orthogonal increments (r_q ~ q (n-1)); a trajectory confined to a k-dim subspace has r_q <= k.
     Zero increments are dropped."""
-    G = np.asarray(gram_of_increments, dtype=np.float64)
+    G = _unit_gram(gram_of_increments)
     norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
     moving = norms > 0
     if not moving.any():
@@ -170,34 +248,46 @@ def increment_direction_spectrum(gram_of_increments) -> np.ndarray:
 def increment_dimension(X, q: float = 0.9) -> int:
     """r_q of the unit increments of X: about 0.9 (n - 1) for a random walk (its increments are nearly
     orthogonal) and <= k for a trajectory confined to k dimensions, free of the Lissajous artefact that gives
-    a random walk a small r90 (Antognini & Sohl-Dickstein 2018)."""
-    return rank_at_fraction(increment_direction_spectrum(increment_gram(X)), q)
+    a random walk a small r90 (Antognini & Sohl-Dickstein 2018). 0 when X does not move; independent of X's
+    scale."""
+    q = checks.fraction("q", q)
+    increments, _ = _unit_increments(_as_trajectory(X))
+    return rank_at_fraction(increment_direction_spectrum(increments @ increments.T), q)
 
 
 def prefix_dimension_curve(gram_of_increments, q: float = 0.9, min_snapshots: int = 3) -> np.ndarray:
     """r_q of snapshots {0..i} for i = min_snapshots-1 .. n-1 (length n - min_snapshots + 1)."""
-    G = np.asarray(gram_of_increments, dtype=np.float64)
+    q = checks.fraction("q", q)
+    G = _unit_gram(gram_of_increments)
     n_snapshots = G.shape[0] + 1
-    if not 2 <= min_snapshots <= n_snapshots:
-        raise ValueError(f"min_snapshots must be in [2, {n_snapshots}], got {min_snapshots}")
-    return np.array([rank_at_fraction(spectrum_from_increment_gram(G[:i - 1, :i - 1]), q)
+    min_snapshots = checks.integer("min_snapshots", min_snapshots, 2, n_snapshots)
+    return np.array([rank_at_fraction(_gram_spectrum(G[:i - 1, :i - 1]), q)
                      for i in range(min_snapshots, n_snapshots + 1)])
 
 
 def window_dimension_curve(gram_of_increments, window: int, q: float = 0.9) -> np.ndarray:
     """r_q of the sliding windows of `window` consecutive snapshots; entry i covers snapshots i..i+window-1."""
-    G = np.asarray(gram_of_increments, dtype=np.float64)
+    q = checks.fraction("q", q)
+    G = _unit_gram(gram_of_increments)
     n_snapshots = G.shape[0] + 1
-    if not 2 <= window <= n_snapshots:
-        raise ValueError(f"window must be in [2, {n_snapshots}] snapshots, got {window}")
-    return np.array([rank_at_fraction(spectrum_from_increment_gram(G[i:i + window - 1, i:i + window - 1]), q)
+    window = checks.integer("window (snapshots)", window, 2, n_snapshots)
+    return np.array([rank_at_fraction(_gram_spectrum(G[i:i + window - 1, i:i + window - 1]), q)
                      for i in range(n_snapshots - window + 1)])
 
 
 def collapse_index(curve, final_value: float, slack: float = 1.0) -> int:
     """First index t after which curve stays <= final_value + slack: the collapse step of the paper's
-    "within the first 20-30% of training steps" (Xu 2026, Results), which the released code never computes."""
-    curve = np.asarray(curve, dtype=np.float64)
+    "within the first 20-30% of training steps" (Xu 2026, Results), which the released code never computes.
+    An index into curve, so in [0, len(curve) - 1]: the last entry is <= final_value + slack whenever
+    final_value is that entry, as in part one."""
+    curve = checks.real_array("curve", curve)
+    if curve.ndim != 1 or curve.size == 0:
+        raise ValueError(f"curve must be a non-empty 1-D array, got shape {curve.shape}")
+    final_value = checks.real("final_value", final_value)
+    slack = checks.real("slack", slack, minimum=0.0)
+    if curve[-1] > final_value + slack:
+        raise ValueError(f"curve ends at {curve[-1]:g}, above final_value + slack = {final_value + slack:g}: it never "
+                         "settles, so no collapse index exists")
     above = np.nonzero(curve > final_value + slack)[0]
     return 0 if above.size == 0 else int(above[-1] + 1)
 
@@ -231,8 +321,26 @@ def null_increment_gram(gram_of_increments, kind: str, ambient_dim: int,
     shuffled_increments (N2): the observed increments in a random time order (keeps the increment set,
         removes temporal correlation; unlike shuffling snapshots, this changes the covariance).
     sign_flipped_increments (N3): each observed increment times an independent random +-1.
+    rng: a numpy Generator, or an integer seed >= 0.
     """
-    G = np.asarray(gram_of_increments, dtype=np.float64)
+    G = _as_gram(gram_of_increments)
+    if kind not in NULL_KINDS:
+        raise ValueError(f"null kind must be one of {NULL_KINDS}, got {kind!r}")
+    ambient_dim = checks.integer("ambient_dim", ambient_dim, minimum=1)
+    rng = _generator(rng)
+    return _null_draw(G, kind, ambient_dim, rng)
+
+
+def _generator(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(checks.integer("rng", rng, minimum=0))
+    except ValueError:
+        raise ValueError(f"rng must be a numpy Generator or an integer seed >= 0, got {rng!r}") from None
+
+
+def _null_draw(G: np.ndarray, kind: str, ambient_dim: int, rng: np.random.Generator) -> np.ndarray:
     n_increments = G.shape[0]
     if kind == "random_walk":
         norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
@@ -243,7 +351,7 @@ def null_increment_gram(gram_of_increments, kind: str, ambient_dim: int,
     if kind == "sign_flipped_increments":
         signs = rng.choice([-1.0, 1.0], size=n_increments)
         return np.outer(signs, signs) * G
-    raise ValueError(f"null kind must be one of {NULL_KINDS}, got {kind!r}")
+    raise AssertionError(kind)  # null_increment_gram checked it
 
 
 @dataclass(frozen=True)
@@ -258,7 +366,11 @@ class NullComparison:
 
     @classmethod
     def of(cls, observed: float, null_values) -> "NullComparison":
-        null_values = np.asarray(null_values, dtype=np.float64)
+        """observed (a finite number) against null_values (a non-empty 1-D array of finite numbers)."""
+        observed = checks.real("observed", observed)
+        null_values = checks.real_array("null_values", null_values)
+        if null_values.ndim != 1 or null_values.size == 0:
+            raise ValueError(f"null_values must be a non-empty 1-D array, got shape {null_values.shape}")
         mean, sd = float(null_values.mean()), float(null_values.std(ddof=1)) if null_values.size > 1 else 0.0
         if sd > 0:
             z = (observed - mean) / sd
@@ -273,8 +385,14 @@ class NullComparison:
 
 
 def trajectory_statistics(gram_of_increments, q: float = 0.9) -> dict:
-    """r_q, participation ratio, PC1 fraction and increment r_q of the trajectory with this increment Gram."""
-    spectrum = spectrum_from_increment_gram(gram_of_increments)
+    """r_q, participation ratio, PC1 fraction and increment r_q of the trajectory with this increment Gram
+    (ratios of variances: independent of G's scale; all 0 when nothing moves)."""
+    q = checks.fraction("q", q)
+    return _statistics(_unit_gram(gram_of_increments), q)
+
+
+def _statistics(gram_of_increments: np.ndarray, q: float) -> dict:
+    spectrum = _gram_spectrum(gram_of_increments)
     return {"r_q": float(rank_at_fraction(spectrum, q)),
             "participation_ratio": participation_ratio_of_spectrum(spectrum),
             "pc1_fraction": pc1_fraction_of_spectrum(spectrum),
@@ -288,14 +406,18 @@ def null_calibration(gram_of_increments, ambient_dim: int, q: float = 0.9, n_dra
     Returns {kind: {statistic: NullComparison}}. A "low-dimensional manifold" claim needs r_q significantly
     below the random_walk and shuffled_increments nulls, not just a small r_q.
     """
-    if n_draws < 2:
-        raise ValueError(f"n_draws must be >= 2, got {n_draws}")
-    observed = trajectory_statistics(gram_of_increments, q)
-    rng = np.random.default_rng(seed)
+    q = checks.fraction("q", q)
+    G = _unit_gram(gram_of_increments)
+    ambient_dim = checks.integer("ambient_dim", ambient_dim, minimum=1)
+    n_draws = checks.integer("n_draws", n_draws, minimum=2)
+    rng = np.random.default_rng(checks.integer("seed", seed, minimum=0))
+    kinds = tuple(kinds) if not isinstance(kinds, str) else (kinds,)
+    if not kinds or any(kind not in NULL_KINDS for kind in kinds):
+        raise ValueError(f"kinds must be a non-empty selection of {NULL_KINDS}, got {kinds!r}")
+    observed = _statistics(G, q)
     result = {}
     for kind in kinds:
-        draws = [trajectory_statistics(null_increment_gram(gram_of_increments, kind, ambient_dim, rng), q)
-                 for _ in range(n_draws)]
+        draws = [_statistics(_null_draw(G, kind, ambient_dim, rng), q) for _ in range(n_draws)]
         result[kind] = {name: NullComparison.of(observed[name], [d[name] for d in draws]) for name in observed}
     return result
 
@@ -305,29 +427,49 @@ def null_calibration(gram_of_increments, ambient_dim: int, q: float = 0.9, n_dra
 # ----------------------------------------------------------------------------------------------------------
 
 def principal_directions(X, k: int) -> np.ndarray:
-    """Top-k principal directions (D, k), orthonormal columns, of the mean-centred rows of X."""
+    """Top-k principal directions (D, k), orthonormal columns, of the mean-centred rows of X; 1 <= k <=
+    min(n_snapshots - 1, D). Where fewer than k directions carry variance (X moves in fewer dimensions, or not at
+    all) the rest are an orthonormal completion: any one is a principal direction of variance 0."""
     X = _as_trajectory(X)
-    if not 1 <= k <= X.shape[0] - 1:
-        raise ValueError(f"k must be in [1, n_snapshots - 1 = {X.shape[0] - 1}], got {k}")
-    centred = X - X.mean(axis=0)
+    k = checks.integer("k", k, 1, min(X.shape[0] - 1, X.shape[1]))
+    centred, _ = _unit_centred(X)
     eigenvalues, eigenvectors = np.linalg.eigh(centred @ centred.T)
     order = np.argsort(eigenvalues)[::-1][:k]
-    directions = centred.T @ eigenvectors[:, order] / np.sqrt(np.clip(eigenvalues[order], 1e-300, None))
+    # the Gram route resolves eigenvalues down to about n eps lambda_max; below that a direction is round-off
+    floor = X.shape[0] * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)
+    carried = [i for i in order if eigenvalues[i] > floor]
+    directions = centred.T @ eigenvectors[:, carried] / np.sqrt(eigenvalues[carried])
+    if len(carried) < k or np.max(np.abs(directions.T @ directions - np.eye(len(carried))), initial=0.0) > 1e-8:
+        directions = _orthonormal_completion(directions, k)
     return directions
 
 
+def _orthonormal_completion(directions: np.ndarray, k: int) -> np.ndarray:
+    """k orthonormal columns whose span starts with that of `directions` (QR, column signs kept)."""
+    dimension, have = directions.shape
+    filler = np.random.default_rng(0).standard_normal((dimension, k - have))
+    Q, R = np.linalg.qr(np.hstack([directions, filler]))
+    signs = np.sign(np.diag(R))
+    return Q * np.where(signs == 0, 1.0, signs)
+
+
 def pc_coordinates(X, k: int) -> np.ndarray:
-    """Coordinates z_k(t_i) = <w(t_i) - w_bar, v_k> of the snapshots on the top-k principal directions."""
-    X = _as_trajectory(X)
-    return (X - X.mean(axis=0)) @ principal_directions(X, k)
+    """Coordinates z_k(t_i) = <w(t_i) - w_bar, v_k> of the snapshots on the top-k principal directions, in X's
+    units (ValueError where that overflows float64)."""
+    directions = principal_directions(X, k)
+    centred, scale = _unit_centred(_as_trajectory(X))
+    return _rescaled(centred @ directions, scale, 1, "X")
 
 
 def subspace_overlap(U, V) -> float:
     """O = ||U^T V||_F^2 / K for orthonormal bases U, V (D, K): 1 for equal subspaces, K/D in expectation
-    for independent random ones."""
-    U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
-    if U.shape != V.shape or U.ndim != 2:
-        raise ValueError(f"U and V must be (D, K) arrays of equal shape, got {U.shape} and {V.shape}")
+    for independent random ones. U and V must have orthonormal columns (to 1e-3: float32 copies pass)."""
+    U, V = checks.real_array("U", U), checks.real_array("V", V)
+    if U.shape != V.shape or U.ndim != 2 or not 1 <= U.shape[1] <= U.shape[0]:
+        raise ValueError(f"U and V must be (D, K) arrays of equal shape with 1 <= K <= D, got {U.shape} and {V.shape}")
+    for name, basis in (("U", U), ("V", V)):
+        if np.max(np.abs(basis.T @ basis - np.eye(basis.shape[1]))) > 1e-3:
+            raise ValueError(f"{name} must have orthonormal columns")
     return float(np.sum((U.T @ V) ** 2) / U.shape[1])
 
 
@@ -337,7 +479,10 @@ def random_subspace_overlaps(ambient_dim: int, k: int, n_draws: int, seed: int =
     By rotation invariance one subspace can be fixed to the first k axes; the overlap is then the squared
     norm of the first k rows of a random orthonormal (D, k) basis, divided by k (drawn via QR of a Gaussian).
     """
-    rng = np.random.default_rng(seed)
+    ambient_dim = checks.integer("ambient_dim", ambient_dim, minimum=1)
+    k = checks.integer("k", k, 1, ambient_dim)
+    n_draws = checks.integer("n_draws", n_draws, minimum=1)
+    rng = np.random.default_rng(checks.integer("seed", seed, minimum=0))
     overlaps = np.empty(n_draws)
     for i in range(n_draws):
         basis, _ = np.linalg.qr(rng.standard_normal((ambient_dim, k)))
@@ -349,25 +494,42 @@ def random_subspace_overlaps(ambient_dim: int, k: int, n_draws: int, seed: int =
 # Attention concentration (Xu 2026's H(A) = -sum_j A_j log A_j); A has keys on the last axis
 # ----------------------------------------------------------------------------------------------------------
 
+def _as_attention(A) -> np.ndarray:
+    """Attention weights: finite, >= 0, at least one axis (keys, the last) with at least one key."""
+    A = checks.real_array("A", A)
+    if A.ndim < 1 or A.shape[-1] < 1:
+        raise ValueError(f"A must have a last axis of keys with at least one entry, got shape {A.shape}")
+    if A.size and A.min() < 0:
+        raise ValueError(f"A must hold attention weights >= 0, got {A.min():g}")
+    return A
+
+
 def attention_entropy(A, eps: float = 1e-9) -> np.ndarray:
-    """H = -sum_j A_j log(A_j + eps) over keys (last axis), as the paper code's `bubble_metrics`."""
-    A = np.asarray(A, dtype=np.float64)
-    return -np.sum(A * np.log(A + eps), axis=-1)
+    """H = -sum_j A_j log(A_j + eps) over keys (last axis), as the paper code's `bubble_metrics`; eps >= 0
+    (0 log 0 counts as 0, also with eps = 0)."""
+    A = _as_attention(A)
+    eps = checks.real("eps", eps, minimum=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.sum(np.where(A > 0, A * np.log(A + eps), 0.0), axis=-1)
 
 
 def top_k_mass(A, k: int) -> np.ndarray:
     """Sum of the k largest attention weights over keys (last axis)."""
-    A = np.asarray(A, dtype=np.float64)
-    if not 1 <= k <= A.shape[-1]:
-        raise ValueError(f"k must be in [1, {A.shape[-1]}], got {k}")
+    A = _as_attention(A)
+    k = checks.integer("k", k, 1, A.shape[-1])
     return np.sum(np.sort(A, axis=-1)[..., -k:], axis=-1)
 
 
 def target_mass(A, target_mask) -> np.ndarray:
     """Attention mass on the ground-truth routing targets (marker and value positions), keys on the last
     axis; target_mask broadcasts against A."""
-    A = np.asarray(A, dtype=np.float64)
-    return np.sum(A * np.asarray(target_mask, dtype=np.float64), axis=-1)
+    A = _as_attention(A)
+    mask = checks.real_array("target_mask", target_mask)
+    try:
+        np.broadcast_shapes(A.shape, mask.shape)
+    except ValueError:
+        raise ValueError(f"target_mask of shape {mask.shape} does not broadcast against A of shape {A.shape}") from None
+    return np.sum(A * mask, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -392,10 +554,11 @@ def _pearson_columns(columns: np.ndarray, series: np.ndarray) -> np.ndarray:
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation of two equal-length series."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"spearman needs two 1-D series of equal length, got {a.shape} and {b.shape}")
+    """Spearman rank correlation of two equal-length series (length >= 2); 0 when either is constant (no order
+    to correlate)."""
+    a, b = checks.real_array("a", a), checks.real_array("b", b)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"spearman needs two 1-D series of equal length >= 2, got {a.shape} and {b.shape}")
     return float(_pearson_columns(_ranks(a)[:, None], _ranks(b)[:, None])[0, 0])
 
 
@@ -424,15 +587,18 @@ class RoutingCoordinate:
 def routing_coordinate(candidates, entropy, n_permutations: int = 2000, block_length: int = 4,
                        seed: int = 0) -> RoutingCoordinate:
     """argmax over candidate coordinates (n_snapshots, c) of |Spearman(candidate, entropy)|, with its
-    block-permutation p-value (blocks of `block_length` snapshots, since both series are autocorrelated)."""
-    candidates = np.asarray(candidates, dtype=np.float64)
-    entropy = np.asarray(entropy, dtype=np.float64)
-    if candidates.ndim != 2 or entropy.ndim != 1 or candidates.shape[0] != entropy.shape[0]:
-        raise ValueError(f"candidates must be (n, c) and entropy (n,), got {candidates.shape}, {entropy.shape}")
+    block-permutation p-value (blocks of `block_length` snapshots, since both series are autocorrelated). A
+    constant candidate or entropy has rho 0 (as spearman); all-zero rhos give index 0 and p_value 1."""
+    candidates = checks.real_array("candidates", candidates)
+    entropy = checks.real_array("entropy", entropy)
+    if candidates.ndim != 2 or entropy.ndim != 1 or candidates.shape[0] != entropy.shape[0] \
+            or candidates.shape[1] < 1:
+        raise ValueError(f"candidates must be (n, c >= 1) and entropy (n,), got {candidates.shape}, {entropy.shape}")
     if candidates.shape[0] < 4:
         raise ValueError(f"need at least 4 snapshots for a rank correlation, got {candidates.shape[0]}")
-    if block_length < 1:
-        raise ValueError(f"block_length must be >= 1, got {block_length}")
+    n_permutations = checks.integer("n_permutations", n_permutations, minimum=1)
+    block_length = checks.integer("block_length", block_length, minimum=1)
+    seed = checks.integer("seed", seed, minimum=0)
     candidate_ranks, entropy_ranks = _ranks(candidates), _ranks(entropy)
     rhos = _pearson_columns(candidate_ranks, entropy_ranks[:, None])[:, 0]
     best = int(np.argmax(np.abs(rhos)))
@@ -450,14 +616,25 @@ def _sigmoid(x):
 
 
 def saturation_curve(r, h_min, h_max, r0, tau):
-    """H(r) = H_min + (H_max - H_min) sigma(-(r - r0) / tau): entropy saturating along the coordinate r."""
-    return h_min + (h_max - h_min) * _sigmoid(-(np.asarray(r, dtype=np.float64) - r0) / tau)
+    """H(r) = H_min + (H_max - H_min) sigma(-(r - r0) / tau): entropy saturating along the coordinate r; tau != 0
+    (the sign orients r), every number finite."""
+    r = checks.real_array("r", r)
+    h_min, h_max, r0 = checks.real("h_min", h_min), checks.real("h_max", h_max), checks.real("r0", r0)
+    tau = checks.real("tau", tau)
+    if tau == 0.0:
+        raise ValueError("tau must be nonzero (a step of zero width has no slope to fit)")
+    return _saturation(r, h_min, h_max, r0, tau)
+
+
+def _saturation(r, h_min, h_max, r0, tau):
+    return h_min + (h_max - h_min) * _sigmoid(-(r - r0) / tau)
 
 
 @dataclass(frozen=True)
 class SaturationFit:
     """Least-squares fit of saturation_curve. r_squared: goodness of fit; drop_fraction F = (H(0) - H(T)) /
-    (H(0) - H_min); late_slope_ratio S = |dH/dr| at the last snapshot / max |dH/dr| (S -> 0 is saturation);
+    (H(0) - H_min), NaN where H(0) = H_min (the series starts on its lower plateau: no drop to measure);
+    late_slope_ratio S = |dH/dr| at the last snapshot / max |dH/dr| (S -> 0 is saturation);
     rebound = H(T) - min H (the paper code's entropy rises again after its minimum)."""
     h_min: float
     h_max: float
@@ -479,21 +656,30 @@ def fit_saturation(r, entropy, h_bounds=None) -> SaturationFit:
     widened by its spread), so that an exponential-looking decay cannot fit a plateau far above any reachable
     entropy; and |tau| >= range(r) / (n - 1), so that the fit cannot turn into a step sharper than the
     snapshots resolve (a step has zero slope everywhere and would read as perfect saturation).
+    Both series must vary (ValueError otherwise: a constant has no saturation to fit); r's scale does not matter.
     """
     from scipy.optimize import least_squares
-    r, entropy = np.asarray(r, dtype=np.float64), np.asarray(entropy, dtype=np.float64)
+    r, entropy = checks.real_array("r", r), checks.real_array("entropy", entropy)
     if r.shape != entropy.shape or r.ndim != 1 or r.size < 5:
         raise ValueError(f"r and entropy must be 1-D series of equal length >= 5, got {r.shape}, {entropy.shape}")
-    spread = float(np.ptp(r)) or 1.0
+    for name, series in (("r", r), ("entropy", entropy)):
+        if np.ptp(series) == 0:
+            raise ValueError(f"{name} is constant: there is no saturation to fit")
+    r_scale = checks.binary_scale(r)  # fitted on r / 2^e (exact), then r0 and tau scaled back
+    r = r / r_scale
+    spread = float(np.ptp(r))
     if h_bounds is None:
         h_bounds = (entropy.min() - np.ptp(entropy), entropy.max() + np.ptp(entropy))
-    low, high = float(h_bounds[0]), float(h_bounds[1])
+    try:
+        low, high = (checks.real("h_bounds", value) for value in h_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"h_bounds must be two finite numbers (low, high), got {h_bounds!r}") from None
     if not (low < high and low <= entropy.min() + 1e-9 and entropy.max() <= high + 1e-9):
         raise ValueError(f"h_bounds must be an interval containing the entropy values, got {h_bounds}")
     tau_floor = spread / (r.size - 1)
 
     def residuals(params):
-        return saturation_curve(r, *params) - entropy
+        return _saturation(r, *params) - entropy
 
     best = None
     # the orientation of r is arbitrary (a PC's sign), so fit both signs of tau from a few centres
@@ -517,6 +703,6 @@ def fit_saturation(r, entropy, h_bounds=None) -> SaturationFit:
     late_slope_ratio = float(4.0 * sigma_last * (1.0 - sigma_last))  # slope / peak slope of a logistic
     denominator = entropy[0] - h_min
     drop_fraction = float((entropy[0] - entropy[-1]) / denominator) if abs(denominator) > 0 else float("nan")
-    return SaturationFit(float(h_min), float(h_max), float(r0), float(tau), float(r_squared),
+    return SaturationFit(float(h_min), float(h_max), float(r0 * r_scale), float(tau * r_scale), float(r_squared),
                          drop_fraction, late_slope_ratio, float(entropy[-1] - entropy.min()))
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from validate._common import checks
+
 MLP_MODES = ("none", "on", "unused")
 
 
@@ -44,10 +46,9 @@ class TaskConfig:
     steps_per_stage: int = 5000
 
     def __post_init__(self):
-        markers = tuple(int(m) for m in self.markers)
-        object.__setattr__(self, "markers", markers)
-        if not markers or min(markers) < 1:
-            raise ValueError(f"markers must be a non-empty tuple of counts >= 1, got {self.markers}")
+        markers = checks.field(self, "markers", checks.sequence, lambda name, m: checks.integer(name, m, 1))
+        for name in ("seq_len", "modulus", "vocab_size", "marker_offset", "batch_size", "steps_per_stage"):
+            checks.field(self, name, checks.integer)
         if self.seq_len < 4:
             raise ValueError(f"seq_len must be >= 4, got {self.seq_len}")
         if 2 * max(markers) - 1 > self.seq_len - 2:
@@ -64,6 +65,12 @@ class TaskConfig:
             raise ValueError(f"schedule must be 'mixed' or 'curriculum', got {self.schedule!r}")
         if self.steps_per_stage < 1:
             raise ValueError(f"steps_per_stage must be >= 1, got {self.steps_per_stage}")
+
+    @property
+    def largest_marker_count(self) -> int:
+        """The largest m this task's sequence and vocabulary hold: 2m - 1 <= seq_len - 2 positions for the
+        (marker, value) pairs with their gaps, and a vocabulary with room for distractors."""
+        return min((self.seq_len - 1) // 2, self.vocab_size - self.marker_offset - 1)
 
     def markers_at_step(self, step: int, generator: torch.Generator) -> int:
         """m for the batch of this training step: uniform over `markers` (mixed) or the curriculum stage."""
@@ -148,12 +155,20 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "vocab_size", "seq_len", "n_classes", "d_mlp"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            checks.field(self, name, checks.integer, 1)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.mlp not in MLP_MODES:
             raise ValueError(f"mlp must be one of {MLP_MODES}, got {self.mlp!r}")
+
+    @property
+    def n_parameters(self) -> int:
+        """MarkerTransformer(self)'s parameter count, without building it: embeddings, per block a LayerNorm, the
+        fused qkv and output projections (with biases) and the MLP ("on": with its LayerNorm; "unused": without),
+        the final LayerNorm and the head."""
+        d, mlp = self.d_model, 2 * self.d_model * self.d_mlp + self.d_mlp + self.d_model
+        block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + {"none": 0, "on": mlp + 2 * d, "unused": mlp}[self.mlp]
+        return (self.vocab_size + self.seq_len) * d + self.n_layers * block + 2 * d + d * self.n_classes + self.n_classes
 
     @classmethod
     def for_task(cls, task: TaskConfig, **kwargs) -> "ModelConfig":

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from validate._common.cli import prepare_output_directory
 from validate._common.reporting import atomic_savez, progress
 from validate._common.sweep import SweepStore, run_sweep
 from validate._execution_manifold import geometry as geo
+from validate._common import checks
 from validate._execution_manifold.modular import probe_sets
-from validate._execution_manifold.trajectory import RunConfig, train_with_snapshots
+from validate._execution_manifold.trajectory import (Diverged, RunConfig, diverged_result, loss_curve,
+                                                     train_with_snapshots)
 
 SWEEP = "execution_manifold"  # the store's name prefix of part one's rows
 BLOCK_KINDS = ("W_Q", "W_K", "W_V", "W_O")
@@ -57,24 +60,22 @@ class PartOneConfig:
     difficulty_seeds: int = 2
 
     def __post_init__(self):
-        for name in ("seeds", "sparsify_k", "sweep_max_markers", "sweep_moduli"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        checks.field(self, "seeds", checks.seeds)
         n_snapshots = self.run.n_snapshots
         if n_snapshots < 6:
             raise ValueError(f"steps / snapshot_every must give >= 6 snapshots, got {n_snapshots} "
                              f"(steps={self.run.steps}, snapshot_every={self.run.snapshot_every})")
-        if not 3 <= self.window <= n_snapshots:
-            raise ValueError(f"window must be in [3, n_snapshots = {n_snapshots}], got {self.window}")
-        if self.null_draws < 20:
-            raise ValueError(f"null_draws must be >= 20 (p-values below 0.05 need them), got {self.null_draws}")
-        if not 0 < self.q <= 1:
-            raise ValueError(f"q must be in (0, 1], got {self.q}")
-        if self.probe_examples < 1:
-            raise ValueError(f"probe_examples must be >= 1, got {self.probe_examples}")
-        if self.difficulty_seeds < 0:
-            raise ValueError(f"difficulty_seeds must be >= 0, got {self.difficulty_seeds}")
+        task = self.run.task_config()
+        checks.field(self, "q", checks.fraction)
+        checks.field(self, "window", checks.integer, 3, n_snapshots)  # snapshots per window
+        checks.field(self, "null_draws", checks.integer, 20)  # p-values below 0.05 need >= 20 draws
+        checks.field(self, "probe_examples", checks.integer, 1)
+        checks.field(self, "sparsify_k", checks.sequence, lambda name, k: checks.integer(name, k, 1))
+        checks.field(self, "sweep_max_markers", checks.sequence,
+                     lambda name, M: checks.integer(name, M, 1, task.largest_marker_count), empty=True)
+        checks.field(self, "sweep_moduli", checks.sequence,
+                     lambda name, C: checks.integer(name, C, 2, task.marker_offset), empty=True)
+        checks.field(self, "difficulty_seeds", checks.integer, 0)
         for markers, modulus in self.points():  # each setting's task checks its own fields now, not in a worker
             self.run.task_config(markers, modulus)
 
@@ -175,22 +176,56 @@ def _window_null(gram, ambient_dim: int, window: int, q: float, n_draws: int, se
                                                 window, q) for _ in range(n_draws)])
 
 
-def _saturation_fit(coordinate, entropy, seq_len: int) -> geo.SaturationFit:
-    """The routing saturation fit, with the plateaus kept inside the reachable entropy range [0, ln T]."""
-    return geo.fit_saturation(coordinate, entropy, h_bounds=(0.0, float(np.log(seq_len))))
+def _saturation_fit(coordinate, entropy, seq_len: int) -> dict:
+    """The routing saturation fit, with the plateaus kept inside the reachable entropy range [0, ln T]; every
+    field NaN where the coordinate or the entropy never moved (a frozen run: nothing to fit) or is not finite."""
+    series = np.concatenate([coordinate, entropy])
+    if not np.all(np.isfinite(series)) or np.ptp(coordinate) == 0 or np.ptp(entropy) == 0:
+        return {name: float("nan") for name in geo.SaturationFit.__dataclass_fields__}
+    return geo.fit_saturation(coordinate, entropy, h_bounds=(0.0, float(np.log(seq_len)))).as_dict()
 
 
 def refit_saturation(config: PartOneConfig, runs: dict, out_dir: str) -> None:
     """Recompute every stored routing saturation fit from the saved coordinate and entropy series, so that
-    rows stored by an earlier version of the fit are summarised with the current one."""
+    rows stored by an earlier version of the fit are summarised with the current one (diverged runs have none)."""
     for results in runs.values():
-        for result in results:
+        for result in finished(results):
             arrays = np.load(os.path.join(out_dir, result["arrays"]))
             for routing in result["routing"]:
                 layer = routing["layer"]
-                fit = _saturation_fit(arrays[f"routing:{layer}"], np.array(result["attention"]["entropy"][layer]),
-                                      config.run.seq_len)
-                routing["saturation"] = fit.as_dict()
+                routing["saturation"] = _saturation_fit(arrays[f"routing:{layer}"],
+                                                        np.array(result["attention"]["entropy"][layer]),
+                                                        config.run.seq_len)
+
+
+def finished(results: list[dict]) -> list[dict]:
+    """The per-seed results that did not diverge (rows stored before divergence was recorded have no key)."""
+    return [r for r in results if not r.get("diverged")]
+
+
+def diverged_runs(runs: dict) -> list[dict]:
+    """[{"setting", "seed", "step", "where"}] of every (setting, seed) of run_part_one's `runs` that diverged."""
+    return [{"setting": key, "seed": r.get("seed"), **r["diverged"]} for key, results in runs.items()
+            for r in results if r.get("diverged")]
+
+
+def stored_arrays_missing(config: PartOneConfig, out_dir: str) -> list[str]:
+    """The per-seed array files that stored rows of this configuration name but that are not in out_dir (deleted
+    by hand): the claims and figures need them, so the command stops before any compute and says so."""
+    path = os.path.join(out_dir, "sweep.sqlite")
+    if not os.path.exists(path):
+        return []
+    rows = SweepStore(path, sweep=f"{SWEEP}-{config.fingerprint()}").rows()
+    return [row["result"]["arrays"] for row in rows if not row["result"].get("diverged")
+            and not os.path.exists(os.path.join(out_dir, row["result"]["arrays"]))]
+
+
+def _checked_probe(step: int, metrics: dict) -> dict:
+    """The attention probe of one snapshot; Diverged where a measurement is NaN or inf."""
+    numbers = [metrics[key] for key in ("entropy", "top1_mass", "top2_mass", "top4_mass", "target_mass", "accuracy")]
+    if not np.all(np.isfinite(np.concatenate([np.ravel(n) for n in numbers]))):
+        raise Diverged(step, "attention")
+    return metrics
 
 
 def _first_step_below(series, steps, fraction=0.5) -> int:
@@ -219,11 +254,14 @@ class SeedRun:
         probes = probe_sets(task, seed, n_examples=cfg.probe_examples)
         probe_log = []
         started = time.perf_counter()
-        with progress(cfg.run.steps, f"{point_name(markers, modulus)} seed={seed}", self.quiet) as bar:
-            run = train_with_snapshots(task, cfg.run.model_config(task), cfg.run.train_config(seed),
-                                       on_snapshot=lambda step, model: probe_log.append(
-                                           probe_attention(model, probes, cfg.sparsify_k)),
-                                       progress=bar.update)
+        try:
+            with progress(cfg.run.steps, f"{point_name(markers, modulus)} seed={seed}", self.quiet) as bar:
+                run = train_with_snapshots(task, cfg.run.model_config(task), cfg.run.train_config(seed),
+                                           on_snapshot=lambda step, model: probe_log.append(_checked_probe(
+                                               step, probe_attention(model, probes, cfg.sparsify_k))),
+                                           progress=bar.update)
+        except Diverged as diverged:
+            return diverged_result(diverged, cfg.run, time.perf_counter() - started)
         train_seconds = time.perf_counter() - started
         result = self.analyse(run, probe_log, seed, markers, modulus)
         result["seconds"] = {"train": train_seconds, "analysis": time.perf_counter() - started - train_seconds}
@@ -278,7 +316,7 @@ class SeedRun:
             "snapshot_steps": steps.tolist(),
             "final_probe_accuracy": attention["accuracy"][-1],
             "final_train_loss": float(np.mean(run.loss[-max(1, cfg.run.snapshot_every // 5):])),
-            "loss_curve": [float(run.loss[max(0, s - cfg.run.snapshot_every):max(1, s)].mean()) for s in steps],
+            "loss_curve": loss_curve(run.loss, steps, cfg.run.snapshot_every), "diverged": None,
             "blocks": blocks, "joint": joint, "attention": attention, "routing": routing,
             "t_bubble_step": t_bubble, "arrays": arrays_path,
         }
@@ -298,7 +336,7 @@ class SeedRun:
                                        block_length=max(2, len(steps) // 10), seed=seed)
         fit = _saturation_fit(found.coordinate, entropy, self.config.run.seq_len)
         return {"layer": layer, "coordinate_name": names[found.index], "rho": found.rho,
-                "p_value": found.p_value, "time_rho": found.time_rho, "saturation": fit.as_dict(),
+                "p_value": found.p_value, "time_rho": found.time_rho, "saturation": fit,
                 "entropy_start": float(entropy[0]), "entropy_min": float(entropy.min()),
                 "entropy_final": float(entropy[-1]), "coordinate": found.coordinate}
 
@@ -322,23 +360,31 @@ def run_part_one(config: PartOneConfig, out_dir: str, workers: int = 0, schedule
                  fresh: bool = False, quiet: bool = True, log=None) -> dict[str, list[dict]]:
     """Every (setting, seed) through the SQLite store out_dir/sweep.sqlite (resumable): {setting name: the
     per-seed results, in seed order}. log(text), if given, reports each batch of runs; a progress bar per run
-    when the runs are computed in this process and not quiet."""
+    when the runs are computed in this process and not quiet.
+
+    Every (setting, seed) is a batch of its own, stored the moment it finishes (validate._common.sweep), so a
+    killed run loses only the runs in flight. A run that diverges is stored too, as {"diverged": {"step",
+    "where"}, "loss_curve", ...}: a rerun does not train it again. Holds the store for the whole part (one run
+    per store) and first removes the temporary files a killed run left in out_dir/arrays."""
     os.makedirs(out_dir, exist_ok=True)
     store = SweepStore(os.path.join(out_dir, "sweep.sqlite"), sweep=f"{SWEEP}-{config.fingerprint()}")
     task = SeedRun(config, out_dir, quiet=quiet or workers > 0 or scheduler is not None)
     runs = {}
     points = [{"markers": ",".join(map(str, markers)), "modulus": modulus} for markers, modulus in config.points()]
-    # the main setting with every seed, then all difficulty settings together with the first few seeds
-    for index, (batch, seeds) in enumerate(((points[:1], config.seeds),
-                                            (points[1:], config.seeds[:config.difficulty_seeds]))):
-        if not batch or not seeds:
-            continue
-        if log is not None:
-            log("; ".join(point_name(p["markers"].split(","), p["modulus"]) for p in batch) + f": seeds {list(seeds)}")
-        rows = run_sweep(task, batch, list(seeds), store, max_workers=workers, scheduler=scheduler,
-                         fresh=fresh and index == 0)  # one sweep name: the first call clears all its rows
-        for row in rows:
-            runs.setdefault(point_name(row["point"]["markers"].split(","), row["point"]["modulus"]), []).append(
-                row["result"])
+    with store.lock():
+        prepare_output_directory(os.path.join(out_dir, "arrays"))
+        # the main setting with every seed, then all difficulty settings together with the first few seeds
+        for index, (batch, seeds) in enumerate(((points[:1], config.seeds),
+                                                (points[1:], config.seeds[:config.difficulty_seeds]))):
+            if not batch or not seeds:
+                continue
+            if log is not None:
+                log("; ".join(point_name(p["markers"].split(","), p["modulus"]) for p in batch)
+                    + f": seeds {list(seeds)}")
+            rows = run_sweep(task, batch, list(seeds), store, batch_size=1, max_workers=workers, scheduler=scheduler,
+                             fresh=fresh and index == 0)  # one sweep name: the first call clears all its rows
+            for row in rows:
+                runs.setdefault(point_name(row["point"]["markers"].split(","), row["point"]["modulus"]),
+                                []).append(dict(row["result"], seed=row["seed"]))
     refit_saturation(config, runs, out_dir)
     return runs

@@ -23,9 +23,10 @@ import torch
 
 from validate._common.reporting import json_safe, progress
 from validate._common.sweep import SweepStore, run_sweep
+from validate._common import checks
 from validate._execution_manifold.commutator_probe import CommutatorProbe, commutator_summary, leading_term_check
 from validate._execution_manifold.sae_stages import sae_stage
-from validate._execution_manifold.trajectory import RunConfig, train_with_snapshots
+from validate._execution_manifold.trajectory import Diverged, RunConfig, diverged_result, train_with_snapshots
 
 # part two's rows in the store keep the name they had when part two was a command of its own, so existing
 # stores still resume
@@ -72,36 +73,25 @@ class PartTwoConfig:
     random_ablation_draws: int = 5
 
     def __post_init__(self):
-        object.__setattr__(self, "ablation_sizes", tuple(int(v) for v in self.ablation_sizes))
-        object.__setattr__(self, "sae_stages", tuple(float(v) for v in self.sae_stages))
-        if self.run.n_snapshots < self.min_basis_snapshots + 5:
-            raise ValueError(f"steps / snapshot_every must give >= {self.min_basis_snapshots + 5} snapshots "
+        min_basis = checks.field(self, "min_basis_snapshots", checks.integer, 2)
+        if self.run.n_snapshots < min_basis + 5:
+            raise ValueError(f"steps / snapshot_every must give >= {min_basis + 5} snapshots "
                              f"(min_basis_snapshots + 5), got {self.run.n_snapshots}")
-        if self.commutator_samples < 1 or self.n_random < 1:
-            raise ValueError("commutator_samples and n_random must be >= 1, got "
-                             f"{self.commutator_samples}, {self.n_random}")
-        if self.k_per_block != "r90" and not (isinstance(self.k_per_block, int) and self.k_per_block >= 1):
-            raise ValueError(f"k_per_block must be an int >= 1 or 'r90', got {self.k_per_block!r}")
-        if not self.commutator_lr > 0:
-            raise ValueError(f"commutator_lr must be > 0, got {self.commutator_lr}")
-        if self.commutator_precision not in ("float32", "float64"):
-            raise ValueError(f"commutator_precision must be float32 or float64, got {self.commutator_precision!r}")
-        if self.basis_every < 1 or self.min_basis_snapshots < 2 or self.window < 2:
-            raise ValueError("need basis_every >= 1, min_basis_snapshots >= 2, window >= 2")
-        if not 0 < self.early_fraction <= 0.5:
-            raise ValueError(f"early_fraction must be in (0, 0.5], got {self.early_fraction}")
-        if not self.sae_stages or not all(0 < s <= 1 for s in self.sae_stages):
-            raise ValueError(f"sae_stages must be fractions of training in (0, 1], got {self.sae_stages}")
-        if not -1 <= self.sae_layer < self.run.n_layers:
-            raise ValueError(f"sae_layer must be -1 or in [0, {self.run.n_layers - 1}], got {self.sae_layer}")
-        if not 1 <= self.sae_k <= self.sae_d or self.sae_steps < 1 or self.sae_examples < 256:
-            raise ValueError(f"need 1 <= sae_k <= sae_d, sae_steps >= 1, sae_examples >= 256; got sae_k="
-                             f"{self.sae_k}, sae_d={self.sae_d}, sae_steps={self.sae_steps}, "
-                             f"sae_examples={self.sae_examples}")
-        if any(n < 1 or n > self.sae_d for n in self.ablation_sizes):
-            raise ValueError(f"ablation_sizes must lie in [1, sae_d], got {self.ablation_sizes}")
-        if self.random_ablation_draws < 1:
-            raise ValueError(f"random_ablation_draws must be >= 1, got {self.random_ablation_draws}")
+        checks.field(self, "commutator_precision", checks.choice, ("float64", "float32"))
+        checks.field(self, "seed", checks.integer, 0, checks.SEED_LIMIT - 1)
+        checks.field(self, "commutator_lr", checks.real, 0.0, above=True)
+        for name, minimum in (("commutator_samples", 1), ("basis_every", 1), ("window", 2), ("n_random", 1),
+                              ("sae_d", 1), ("sae_steps", 1), ("sae_examples", 256), ("random_ablation_draws", 1)):
+            checks.field(self, name, checks.integer, minimum)
+        if self.k_per_block != "r90":
+            checks.field(self, "k_per_block", checks.integer, 1, why=" (or 'r90')")
+        checks.field(self, "early_fraction", checks.real, 0.0, 0.5, above=True)
+        checks.field(self, "sae_stages", checks.sequence, lambda name, s: checks.real(name, s, 0.0, 1.0, above=True))
+        checks.field(self, "sae_layer", checks.integer, -1, self.run.n_layers - 1, why=" (-1: the middle layer)")
+        checks.field(self, "sae_k", checks.integer, 1, self.sae_d, why=" (sae_k <= sae_d)")
+        checks.field(self, "sae_l1", checks.real, 0.0)
+        checks.field(self, "ablation_sizes", checks.sequence,
+                     lambda name, n: checks.integer(name, n, 1, self.sae_d, why=" (at most sae_d latents)"))
 
     @classmethod
     def from_part_one(cls, config, mlp: str = "auto", **probes) -> "PartTwoConfig":
@@ -132,14 +122,18 @@ class PartTwoConfig:
 
 def run_part_two(config: PartTwoConfig, quiet: bool = True) -> dict:
     """Train one run with commutator probes at every snapshot, fit SAEs at the checkpoints; the metrics, made
-    JSON-safe so that claims remade from a stored copy are the same."""
+    JSON-safe so that claims remade from a stored copy are the same. A run whose loss, weights or commutators
+    leave the finite numbers stops there and returns {"diverged": {"step", "where"}, "loss_curve", "seconds"}."""
     torch.set_num_threads(config.run.threads)
     task = config.run.task_config()
     probe = CommutatorProbe(config, task)
     started = time.perf_counter()
-    with progress(config.run.steps, "part two: train + commutators", quiet) as bar:
-        run = train_with_snapshots(task, config.run.model_config(task), config.run.train_config(config.seed),
-                                   on_snapshot=probe, progress=bar.update)
+    try:
+        with progress(config.run.steps, "part two: train + commutators", quiet) as bar:
+            run = train_with_snapshots(task, config.run.model_config(task), config.run.train_config(config.seed),
+                                       on_snapshot=probe, progress=bar.update)
+    except Diverged as diverged:
+        return json_safe(diverged_result(diverged, config.run, time.perf_counter() - started))
     train_seconds = time.perf_counter() - started
     commutators = commutator_summary(probe)
     model = run.model
@@ -152,7 +146,7 @@ def run_part_two(config: PartTwoConfig, quiet: bool = True) -> dict:
         if not quiet:
             print(f"[part two] SAEs at step {step} done", file=sys.stderr)
     sae_seconds = time.perf_counter() - sae_started
-    return json_safe({"commutators": commutators, "sae": {str(k): v for k, v in stages.items()},
+    return json_safe({"commutators": commutators, "sae": {str(k): v for k, v in stages.items()}, "diverged": None,
                       "final_train_loss": float(np.mean(run.loss[-max(1, config.run.snapshot_every // 5):])),
                       "seconds": {"train_and_commutators": train_seconds, "commutators": probe.seconds,
                                   "sae": sae_seconds}})
@@ -184,5 +178,6 @@ def stored_part_two(config: PartTwoConfig, out_dir: str, fresh: bool = False, wo
     task = PartTwoRun(config, quiet=quiet or workers > 0 or scheduler is not None)
     row, = run_sweep(task, [POINT], [config.seed], store, max_workers=workers, scheduler=scheduler, fresh=fresh)
     metrics = row["result"]
-    metrics["sae"] = dict(sorted(metrics["sae"].items(), key=lambda item: int(item[0])))  # the store sorts keys
+    if not metrics.get("diverged"):
+        metrics["sae"] = dict(sorted(metrics["sae"].items(), key=lambda item: int(item[0])))  # the store sorts keys
     return metrics

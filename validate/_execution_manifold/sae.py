@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from validate._common import checks
 from validate._execution_manifold.modular import TaskConfig, sample_batch
 
 SAE_KINDS = ("topk", "relu_l1")
@@ -51,13 +52,13 @@ class SAEConfig:
     def __post_init__(self):
         if self.kind not in SAE_KINDS:
             raise ValueError(f"kind must be one of {SAE_KINDS}, got {self.kind!r}")
-        if self.d_sae < 1 or not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"need d_sae >= 1 and 1 <= k <= d_sae, got d_sae={self.d_sae}, k={self.k}")
-        for name in ("l1", "lr"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        checks.field(self, "d_sae", checks.integer, 1)
+        checks.field(self, "k", checks.integer, 1, self.d_sae, why=" (k <= d_sae)")
+        checks.field(self, "l1", checks.real, 0.0)
+        checks.field(self, "lr", checks.real, 0.0, above=True)
+        checks.field(self, "steps", checks.integer, 1)
+        checks.field(self, "batch_size", checks.integer, 1)
+        checks.field(self, "seed", checks.integer, 0, checks.SEED_LIMIT - 1)
 
 
 class SparseAutoencoder(nn.Module):

@@ -8,6 +8,8 @@ copies, and a test checks that snapshots taken at different steps differ on CPU.
 
     RunConfig       one training run: task, model and optimizer (the configs below it are built from it)
     train_with_snapshots(task, model_config, train_config, on_snapshot=...)
+    Diverged        what train_with_snapshots raises when the loss, the weights or a measurement leave the finite
+                    numbers: where, at which step, and the loss curve until then
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from validate._common import checks
 from validate._execution_manifold.modular import (MLP_MODES, MarkerTransformer, ModelConfig, TaskConfig,
                                                   cross_entropy_and_accuracy, sample_batch)
 
@@ -42,16 +45,13 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 1 <= self.snapshot_every <= self.steps:
-            raise ValueError(f"snapshot_every must be in [1, steps = {self.steps}], got {self.snapshot_every}")
+        checks.field(self, "steps", checks.integer, 1)
+        checks.field(self, "snapshot_every", checks.integer, 1, self.steps)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        checks.field(self, "lr", checks.real, 0.0, above=True)
+        checks.field(self, "weight_decay", checks.real, 0.0)
+        checks.field(self, "seed", checks.integer, 0, checks.SEED_LIMIT - 1)
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -83,7 +83,11 @@ class RunConfig:
     threads: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "markers", tuple(int(m) for m in self.markers))
+        # plain ints (NumPy integers too); the ranges are checked by the configs below (and threads here)
+        checks.field(self, "markers", checks.sequence, checks.integer, distinct=False, empty=True)
+        for name in ("steps", "snapshot_every", "modulus", "seq_len", "batch_size", "n_layers", "d_model", "n_heads"):
+            checks.field(self, name, checks.integer)
+        checks.field(self, "threads", checks.integer, 1)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr is None:
@@ -92,17 +96,19 @@ class RunConfig:
             object.__setattr__(self, "weight_decay", DEFAULT_WEIGHT_DECAY[self.optimizer])
         if self.mlp not in MLP_MODES:
             raise ValueError(f"mlp must be one of {MLP_MODES}, got {self.mlp!r}")
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device")
+        if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {self.device!r}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         # the configs below check their own fields: build them once so a bad value is named now
         self.model_config(self.task_config())
         self.train_config(seed=0)
 
     @property
     def n_snapshots(self) -> int:
-        return self.steps // self.snapshot_every + 1
+        """len(TrainConfig.snapshot_steps): every snapshot_every steps from 0, and the last step."""
+        return -(-self.steps // self.snapshot_every) + 1
 
     def task_config(self, markers: tuple | None = None, modulus: int | None = None) -> TaskConfig:
         """The task of this run, or of another difficulty setting (markers, modulus) with everything else kept."""
@@ -143,6 +149,44 @@ class TrajectoryRecorder:
         return {name: np.stack(snaps) for name, snaps in self._snapshots.items()}
 
 
+class Diverged(Exception):
+    """A run left the finite numbers: `where` ("loss", "weights", or a measurement such as "attention" or
+    "commutator") at training step `step`; `loss` holds the training loss of every step before it (NaN or inf
+    at the end where the loss diverged). Raised by train_with_snapshots and by its on_snapshot hooks."""
+
+    def __init__(self, step: int, where: str, loss=None):
+        super().__init__(step, where)
+        self.step, self.where = int(step), str(where)
+        self.loss = np.zeros(0) if loss is None else np.asarray(loss, dtype=np.float64)
+
+    def __str__(self) -> str:
+        return f"diverged at step {self.step}: the {self.where} is not finite"
+
+    def as_dict(self) -> dict:
+        """What a result records of it."""
+        return {"step": self.step, "where": self.where}
+
+
+def loss_curve(loss: np.ndarray, steps, snapshot_every: int) -> list[float]:
+    """The mean training loss over the snapshot_every steps before each snapshot step."""
+    return [float(np.mean(loss[max(0, s - snapshot_every):max(1, s)])) for s in steps]
+
+
+def diverged_result(diverged: Diverged, run: RunConfig, seconds: float) -> dict:
+    """What a diverged run stores in place of its measurements: where and when ({"step", "where"}), and its
+    loss curve at the snapshot steps it reached and at the step it diverged."""
+    reached = [s for s in run.train_config(0).snapshot_steps if s < diverged.step] + [diverged.step]
+    return {"diverged": diverged.as_dict(), "snapshot_steps": reached,
+            "loss_curve": loss_curve(diverged.loss, reached, run.snapshot_every),
+            "final_train_loss": float("nan"), "seconds": {"train": seconds, "analysis": 0.0}}
+
+
+def _first_nonfinite_step(losses: torch.Tensor, start: int, stop: int) -> int | None:
+    """The first step in [start, stop) whose loss is NaN or inf, or None."""
+    bad = torch.nonzero(~torch.isfinite(losses[start:stop]))
+    return None if bad.numel() == 0 else start + int(bad[0, 0])
+
+
 @dataclass
 class TrainingRun:
     model: MarkerTransformer
@@ -167,6 +211,11 @@ def train_with_snapshots(task: TaskConfig, model_config: ModelConfig, train: Tra
     on_snapshot(step, model) runs right after each snapshot (probe metrics here; commutators later); it must
     not change the parameters. Initialization and the data stream are seeded by train.seed and drawn on the
     CPU, so the same seed gives the same run on any device.
+
+    Divergence: at every snapshot the losses since the last one and the weights are checked (one check per
+    snapshot, not per step, so the GPU is not synchronized every step); a NaN or inf raises Diverged with the
+    first step whose loss was not finite (or, for the weights, the snapshot's step), and the loss curve until
+    then. An on_snapshot hook raises Diverged for a measurement that is not finite; it gets the loss curve too.
     """
     torch.manual_seed(train.seed)
     model = MarkerTransformer(model_config).to(train.device)
@@ -177,11 +226,21 @@ def train_with_snapshots(task: TaskConfig, model_config: ModelConfig, train: Tra
     losses = torch.zeros(train.steps, device=train.device)
     accuracies = torch.zeros(train.steps, device=train.device)
     markers = np.zeros(train.steps, dtype=np.int64)
+    checked = 0  # losses of steps < checked were finite
     for step in range(train.steps + 1):
         if step in snapshot_steps:
+            bad = _first_nonfinite_step(losses, checked, step)
+            if bad is not None:
+                raise Diverged(bad, "loss", losses[:bad + 1].cpu().numpy())
+            checked = step
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise Diverged(step, "weights", losses[:step].cpu().numpy())
             recorder.record(step)
             if on_snapshot is not None:
-                on_snapshot(step, model)
+                try:
+                    on_snapshot(step, model)
+                except Diverged as diverged:
+                    raise Diverged(diverged.step, diverged.where, losses[:step].cpu().numpy()) from None
         if step == train.steps:
             break
         m = task.markers_at_step(step, data_generator)

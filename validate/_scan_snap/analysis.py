@@ -17,14 +17,17 @@ def entropy_distinct(classes: SequenceClasses, attention) -> np.ndarray:
     """Entropy (nats) of c_n restricted to class n's distinct tokens and renormalised, averaged over classes.
     attention (..., K, M) -> (...). A class whose distinct tokens all underflowed to zero attention (a
     saturated softmax on another token) counts as entropy 0: its renormalised attention is undefined, and
-    the limit of any sequence of such attention vectors collapsing onto one token has entropy 0."""
+    the limit of any sequence of such attention vectors collapsing onto one token has entropy 0. Attention that
+    holds NaN or inf (a diverged run) gives NaN, never a number that could pass for a measurement."""
     attention = np.asarray(attention)
     per_class = []
     for k in range(classes.n_classes):
         p = attention[..., k, list(classes.distinct_tokens(k))]
         total = p.sum(axis=-1, keepdims=True)
-        p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
-        per_class.append(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1))
+        with np.errstate(invalid="ignore"):  # inf / inf: NaN, as the result below will be
+            p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        per_class.append(np.where(np.isfinite(total[..., 0]), entropy, np.nan))
     return np.mean(per_class, axis=0)
 
 
@@ -58,7 +61,8 @@ def drop_order_tau(probabilities, drops) -> tuple[float, int]:
 
 def logit_order_tau(probabilities, logit_change) -> float:
     """Kendall tau between P(l|n) and z_ml(t) - z_ml(0) over distinct tokens (Eqn. 98: dz/dt = eta_Z f_l^2 xi_n
-    grows with P_l e^{z_l}, so the change stays ordered by P when Z(0) = 0)."""
+    grows with P_l e^{z_l}, so the change stays ordered by P when Z(0) = 0). nan when either side is constant
+    (z did not move on these tokens): no order to compare."""
     return float(kendalltau(probabilities, logit_change)[0])
 
 
@@ -85,3 +89,13 @@ def sem(values) -> float:
     """Standard error of the mean over seeds (0 for a single seed)."""
     v = np.asarray(values, dtype=float)
     return float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def first_nonfinite_step(steps, *arrays) -> int | None:
+    """The first of `steps` at which any of `arrays` (each indexed by step along its first axis) holds NaN or inf;
+    None when all are finite."""
+    bad = np.zeros(len(steps), dtype=bool)
+    for a in arrays:
+        a = np.asarray(a, dtype=float).reshape(len(steps), -1)
+        bad |= ~np.all(np.isfinite(a), axis=1)
+    return int(np.asarray(steps)[np.argmax(bad)]) if bad.any() else None

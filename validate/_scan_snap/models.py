@@ -10,6 +10,7 @@ code does, and records Y and Z at the requested steps.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -19,10 +20,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from theory.scan_snap import SequenceClasses, dataset2_classes
+from validate._common import checks
 
 DATASETS = ("syn-small", "syn-medium")
 MODELS = ("yz", "transformer")
 INITS = ("zero", "default")
+
+# The ranges a run can use (TrainConfig checks them before anything is computed):
+#: learning rates eta_Z, eta_Y = ratio * eta_Z: below LR_MIN a run of MAX_STEPS steps moves an O(1) weight by
+#: < 1e-5 (nothing to measure); above LR_MAX, eta x steps and eta / (1 - momentum) overflow float64. Rates between
+#: that blow a run up are allowed: the run is recorded as diverged (`train`).
+LR_MIN, LR_MAX = 1e-12, 1e200
+#: the loss of every step is kept (a Python float each)
+MAX_STEPS = 10 ** 7
+#: K: the vocabulary is M = 10 + 12 K tokens (Syn-Small; 10 + 11.5 K for Syn-Medium), the Y/Z model two M x M
+#: matrices (K = 200: M = 2410, 46 MB each) and the exact class table K x M SymPy rationals (3 s to build at 200)
+MAX_NEXT_TOKENS = 200
+NEXT_TOKENS_WHY = " (the vocabulary grows as 12 K and the model as its square)"
+MAX_D_MODEL = 4096  # W_Q, W_K, W_V are d x d: at 4096, 1.2 GB of float64 weights, gradients and momenta
+#: batch x seq_len (x d_model for the transformer) values per SGD step: about 6 float64 copies of each are alive
+#: in the forward and backward pass, so 2^26 is ~3 GiB
+MAX_STEP_ELEMENTS = 2 ** 26
+
+
+def learning_rate(name: str, value) -> float:
+    """A learning rate (or a product of them) in [LR_MIN, LR_MAX]."""
+    return checks.real(name, value, LR_MIN, LR_MAX, why=" (smaller ones move nothing, larger ones overflow "
+                                                        "float64; a run that blows up is recorded as diverged)")
 
 
 def make_classes(dataset: str, next_tokens: int) -> SequenceClasses:
@@ -34,6 +58,13 @@ def make_classes(dataset: str, next_tokens: int) -> SequenceClasses:
             raise ValueError(f"next_tokens={next_tokens}: Syn-Medium has 2 next tokens per query, so K must be even")
         return dataset2_classes(num_last=next_tokens // 2, num_next_per_last=2)
     raise ValueError(f"dataset={dataset!r}: allowed {DATASETS}")
+
+
+def vocabulary(dataset: str, next_tokens: int) -> tuple[int, int]:
+    """(M, number of queries) of make_classes(dataset, next_tokens), without building its exact table:
+    10 common tokens, 10 distinct tokens per next token, the queries and the next tokens."""
+    queries = next_tokens if dataset == "syn-small" else next_tokens // 2
+    return 10 + 10 * next_tokens + queries + next_tokens, queries
 
 
 class SyntheticSequences:
@@ -160,26 +191,33 @@ class TrainConfig:
     seed: int = 1
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset={self.dataset!r}: allowed {DATASETS}")
-        if self.model not in MODELS:
-            raise ValueError(f"model={self.model!r}: allowed {MODELS}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: allowed {INITS}")
+        check = functools.partial(checks.field, self)  # check(name, rule, ...): self.name checked and stored
+        check("dataset", checks.choice, DATASETS)
+        check("model", checks.choice, MODELS)
+        check("init", checks.choice, INITS)
         if self.model == "transformer" and self.init == "zero":
             raise ValueError("init='zero' with model='transformer': W_Q = W_K = 0 has no attention gradient; "
                              "use init='default'")
-        for name in ("next_tokens", "steps", "batch", "d_model"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        check("next_tokens", checks.integer, 2 if self.dataset == "syn-medium" else 1, MAX_NEXT_TOKENS,
+              why=NEXT_TOKENS_WHY)
         if self.dataset == "syn-medium" and self.next_tokens % 2:
-            raise ValueError(f"next_tokens={self.next_tokens}: Syn-Medium needs an even K")
-        if not isinstance(self.seq_len, int) or self.seq_len < 2:
-            raise ValueError(f"seq_len={self.seq_len!r}: must be an integer >= 2")
-        if not (self.lr_z > 0 and self.lr_ratio > 0):
-            raise ValueError(f"lr_z={self.lr_z}, lr_ratio={self.lr_ratio}: both must be > 0")
-        if not (0 <= self.momentum < 1):
-            raise ValueError(f"momentum={self.momentum}: must lie in [0, 1)")
+            raise ValueError(f"next_tokens={self.next_tokens}: Syn-Medium has 2 next tokens per query, so K must "
+                             "be even")
+        check("steps", checks.integer, 1, MAX_STEPS)
+        check("batch", checks.integer, 1)
+        check("seq_len", checks.integer, 2, why=" (L-1 >= 1 contextual tokens plus the query)")
+        check("d_model", checks.integer, 1, MAX_D_MODEL)
+        check("seed", checks.integer, 0, checks.SEED_LIMIT - 1)
+        check("lr_z", learning_rate)
+        check("lr_ratio", checks.real, 0.0, above=True)
+        learning_rate("lr_y = lr_z x lr_ratio", self.lr_y)
+        check("momentum", checks.real, 0.0, 1.0, below=True, why=" (heavy-ball SGD diverges for momentum >= 1)")
+        elements = self.batch * self.seq_len * (self.d_model if self.model == "transformer" else 1)
+        if elements > MAX_STEP_ELEMENTS:
+            width = " x d_model" if self.model == "transformer" else ""
+            raise ValueError(f"batch={self.batch}, seq_len={self.seq_len}: batch x seq_len{width} = {elements:.3g} "
+                             f"values per SGD step, more than {MAX_STEP_ELEMENTS:.3g} (several GiB of float64 "
+                             "activations and gradients); lower batch or seq_len")
 
     @property
     def lr_y(self) -> float:
@@ -188,12 +226,17 @@ class TrainConfig:
 
 @dataclass
 class TrainRecord:
-    """Y (n_log, M, M) and Z query rows (n_log, n_q, M) at steps `steps`; loss (n_steps,) of every batch."""
+    """Y (n_log, M, M) and Z query rows (n_log, n_q, M) at steps `steps`; loss (n_steps,) of every batch.
+
+    diverged_step: None when every loss and weight stayed finite; otherwise the first step t whose weights
+    (after t updates) or whose loss (on those weights) is NaN or inf. Training stops there, so the logs and
+    losses hold the steps before it only."""
 
     steps: np.ndarray
     Y: np.ndarray
     Z: np.ndarray
     loss: np.ndarray
+    diverged_step: int | None = None
 
 
 def build_model(cfg: TrainConfig, n_vocab: int) -> nn.Module:
@@ -203,9 +246,14 @@ def build_model(cfg: TrainConfig, n_vocab: int) -> nn.Module:
     return OneLayerTransformer(n_vocab, cfg.d_model)
 
 
+def _finite(parameters) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in parameters)
+
+
 def train(cfg: TrainConfig, log_steps, device="cpu") -> TrainRecord:
     """SGD with two optimisers (decoder at eta_Y, attention at eta_Z), cross-entropy averaged over the batch.
-    Y and Z are recorded before the update of every step in log_steps (step `steps` = after the last one)."""
+    Y and Z are recorded before the update of every step in log_steps (step `steps` = after the last one).
+    A run whose loss or weights become NaN or inf stops there and says at which step (TrainRecord.diverged_step)."""
     classes = make_classes(cfg.dataset, cfg.next_tokens)
     data = SyntheticSequences(classes, cfg.seq_len, seed=cfg.seed, device=device)
     model = build_model(cfg, classes.n_vocab).to(device=device, dtype=torch.float64)
@@ -213,19 +261,30 @@ def train(cfg: TrainConfig, log_steps, device="cpu") -> TrainRecord:
     opt_z = torch.optim.SGD(model.attention_parameters(), lr=cfg.lr_z, momentum=cfg.momentum)
     queries = list(classes.query_tokens())
     log_set = sorted(set(int(s) for s in log_steps if 0 <= s <= cfg.steps))
-    Ys, Zs, losses = [], [], []
+    logged, Ys, Zs, losses = [], [], [], []
+    diverged = None
     for step in range(cfg.steps + 1):
+        if step > 0 and not _finite(model.parameters()):
+            diverged = step
+            break
         if step in log_set:
+            logged.append(step)
             Ys.append(model.decoder_matrix().cpu().numpy().copy())
             Zs.append(model.attention_logits()[queries].cpu().numpy().copy())
         if step == cfg.steps:
             break
         x, y = data.sample(cfg.batch)
         loss_t = F.cross_entropy(model(x), y)
+        loss = float(loss_t.detach())
+        if not math.isfinite(loss):
+            diverged = step
+            break
         opt_y.zero_grad(set_to_none=True)
         opt_z.zero_grad(set_to_none=True)
         loss_t.backward()
         opt_y.step()
         opt_z.step()
-        losses.append(float(loss_t.detach()))
-    return TrainRecord(np.array(log_set), np.array(Ys), np.array(Zs), np.array(losses))
+        losses.append(loss)
+    M = classes.n_vocab
+    return TrainRecord(np.array(logged, dtype=int), np.array(Ys).reshape(len(logged), M, M),
+                       np.array(Zs).reshape(len(logged), len(queries), M), np.array(losses), diverged)

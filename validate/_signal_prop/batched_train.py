@@ -13,8 +13,9 @@ are forward-pass constants, (M, 1, 1) buffers of the stacked module. ``train_seq
 same models, one after another, through the blocks' own ``forward`` with torch.optim.Adam at its defaults. A
 test checks that the two give the same numbers.
 
-Divergence: a model whose training loss or gradient becomes NaN or inf is marked diverged at that step; its
-gradients are zeroed from then on and its remaining curve is NaN, while the other models train on. (In a
+Divergence: a model whose training loss or gradient becomes NaN or inf at a step, or whose test loss does at an
+evaluation before that step, is marked diverged at that step (``diverged_at``); its gradients are zeroed from
+then on and its remaining curves are None (NaN), while the other models train on. (In a
 blow-up, the step at which float32 first overflows depends on rounding, so the batched and the sequential
 runs can mark it at different steps.)
 """
@@ -29,10 +30,13 @@ import torch
 from torch import nn
 
 from theory.signal_prop import BlockParams
+from validate._common import checks
 from validate._signal_prop.phase_task import HistogramTask
 from validate._signal_prop.transformer import CanonicalTransformer, layer_norm
 
 TEST_SEED = 2_147_483_647  # the held-out test set; training streams are seeded from the run's seed
+TRAIN_STREAM_STRIDE = 1_000_003  # seed s draws its training batches from generator seed STRIDE * (s + 1)
+MAX_SEED = (2**64 - 1) // TRAIN_STREAM_STRIDE - 1   # torch.Generator.manual_seed takes seeds below 2^64
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -56,15 +60,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("depth", "width", "d_ff", "steps", "batch", "test_size", "eval_every", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise ValueError(f"lr={self.lr!r}: must be a positive finite number")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}: allowed values are {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r}: allowed values are {SCHEDULES}")
+            checks.field(self, name, checks.integer, 1)
+        checks.field(self, "lr", checks.real, 0.0, above=True)
+        checks.field(self, "optimizer", checks.choice, OPTIMIZERS)
+        checks.field(self, "schedule", checks.choice, SCHEDULES)
         if not isinstance(self.task, HistogramTask):
             raise ValueError(f"task={self.task!r}: must be a validate._signal_prop.phase_task.HistogramTask")
 
@@ -285,7 +284,7 @@ def build_models(params_list: list[BlockParams], seeds: list[int], config: Train
 
 
 def _train_stream(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1_000_003 * (int(seed) + 1))
+    return torch.Generator().manual_seed(TRAIN_STREAM_STRIDE * (int(seed) + 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -321,6 +320,11 @@ def _eval_steps(config: TrainConfig) -> list[int]:
 def _new_record(config: TrainConfig) -> dict:
     return {"train_loss": [], "grad_norm": [], "eval_steps": _eval_steps(config), "test_loss": [],
             "diverged_at": None}
+
+
+# what every training record holds (a sweep store's rows are checked for these before a rerun uses them)
+RESULT_KEYS = frozenset({"train_loss", "grad_norm", "eval_steps", "test_loss", "diverged_at", "final_test_loss",
+                         "bayes_loss", "context_free_loss", "diverged"})
 
 
 def _finish(record: dict, config: TrainConfig) -> dict:
@@ -359,20 +363,27 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
     records = [_new_record(config) for _ in seeds]
     eval_steps = set(_eval_steps(config))
 
-    def evaluate():
+    def evaluate(step):
         with torch.no_grad():
             losses = []
             for start in range(0, config.test_size, 256):
                 chunk = test_tokens[start:start + 256]
                 logits = models(chunk.expand(n_models, *chunk.shape))
                 losses.append(task.expected_loss(logits, test_labels[start:start + 256]) * len(chunk))
-            losses = (torch.stack(losses).sum(0) / config.test_size).where(alive, torch.nan)
+            losses = torch.stack(losses).sum(0) / config.test_size
+            mark_diverged(alive & ~torch.isfinite(losses), step)
+            losses = losses.where(alive, torch.nan)
         for record, value in zip(records, losses.tolist()):
             record["test_loss"].append(_clean(value))
 
+    def mark_diverged(newly_dead, step):
+        alive.logical_and_(~newly_dead)
+        for i in torch.nonzero(newly_dead).flatten().tolist():
+            records[i]["diverged_at"] = step
+
     for step in range(config.steps + 1):
         if step in eval_steps:
-            evaluate()
+            evaluate(step)
         if step == config.steps:
             break
         per_seed = [task.sample(config.batch, streams[s]) for s in distinct_seeds]
@@ -385,15 +396,12 @@ def train_batched(params_list: list[BlockParams], seeds: list[int], config: Trai
         torch.where(alive, loss, 0.0).sum().backward()
         with torch.no_grad():
             grad_sq = sum(p.grad.flatten(1).square().sum(1) for p in params)   # (M,)
-            newly_dead = alive & ~(torch.isfinite(loss) & torch.isfinite(grad_sq))
-            alive &= ~newly_dead
+            mark_diverged(alive & ~(torch.isfinite(loss) & torch.isfinite(grad_sq)), step)
             if not alive.all():
                 for p in params:   # dead models: zero gradient, so they stay put and apart
                     p.grad.copy_(torch.where(alive.view(-1, *[1] * (p.dim() - 1)), p.grad, 0.0))
         optimizer.step()
         schedule.step()
-        for i in torch.nonzero(newly_dead).flatten().tolist():
-            records[i]["diverged_at"] = step
         for record, l_value, g_value, ok in zip(records, loss.tolist(), grad_sq.sqrt().tolist(), alive.tolist()):
             record["train_loss"].append(_clean(l_value) if ok else None)
             record["grad_norm"].append(_clean(g_value) if ok else None)
@@ -416,15 +424,17 @@ def train_sequential(params_list: list[BlockParams], seeds: list[int], config: T
         stream = _train_stream(seed)
         record, alive = _new_record(config), True
 
-        def evaluate():
+        def test_loss():
             with torch.no_grad():
-                value = sum(task.expected_loss(model(test_tokens[s:s + 256]), test_labels[s:s + 256]).item()
-                            * len(test_tokens[s:s + 256]) for s in range(0, config.test_size, 256))
-            record["test_loss"].append(_clean(value / config.test_size) if alive else None)
+                return sum(task.expected_loss(model(test_tokens[s:s + 256]), test_labels[s:s + 256]).item()
+                           * len(test_tokens[s:s + 256]) for s in range(0, config.test_size, 256)) / config.test_size
 
         for step in range(config.steps + 1):
             if step in eval_steps:
-                evaluate()
+                value = test_loss() if alive else math.nan
+                if alive and not math.isfinite(value):
+                    alive, record["diverged_at"] = False, step
+                record["test_loss"].append(_clean(value))
             if step == config.steps:
                 break
             tokens, labels = (t.to(device) for t in task.sample(config.batch, stream))

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from validate._common.checks import shown
 from validate._signal_prop.phase_experiment import PhaseDiagramConfig
 from validate._signal_prop.propagation_experiment import SignalPropConfig
 
@@ -27,19 +28,21 @@ def signal_prop_figure(results: dict, cfg: SignalPropConfig):
         for row, (key, label) in enumerate((("rho", r"$\rho$ = p/q"), ("q", "q"),
                                             ("jacobian", r"$E|dX_l/dX_0|_F^2/(nd)$"))):
             ax = axes[row, col]
-            ax.plot(layers, r["theory"][key], "-", color="C0", label="theory (finite n)")
-            ax.errorbar(layers, r["measured"][key]["mean"], yerr=r["measured"][key]["se"], fmt="o",
+            theory, mean = _finite_or_nan(r["theory"][key]), _finite_or_nan(r["measured"][key]["mean"])
+            ax.plot(layers, theory, "-", color="C0", label="theory (finite n)")
+            ax.errorbar(layers, mean, yerr=_finite_or_nan(r["measured"][key]["se"]), fmt="o",
                         ms=3.5, color="C3", label=f"torch d={cfg.width}, {len(cfg.network_seeds())} networks")
-            if key == "jacobian":
+            if key == "jacobian" and (np.concatenate([theory, mean]) > 0).any():
                 ax.set_yscale("log")
             ax.set_ylabel(label)
             if row == 2:
                 ax.set_xlabel("block l")
             if row == 0:
                 e = r["measured_exponents"]
-                ax.set_title(f"{name}\n$\\lambda_a$ th {r['theory']['angle_exponent']:+.3f} / "
-                             f"torch {e['angle']:+.3f}\n$\\lambda_g$ th {r['theory']['gradient_exponent']:+.3f}"
-                             f" / torch {e['gradient']:+.3f}", fontsize=9)
+                ax.set_title(f"{name}\n$\\lambda_a$ th {shown(r['theory']['angle_exponent'], '+.3f')} / "
+                             f"torch {shown(e['angle'], '+.3f')}\n$\\lambda_g$ th "
+                             f"{shown(r['theory']['gradient_exponent'], '+.3f')} / torch "
+                             f"{shown(e['gradient'], '+.3f')}", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
     fig.suptitle(f"Token geometry through random canonical transformers: n={cfg.n_tokens}, "
@@ -54,9 +57,16 @@ def _label(name: str) -> str:
             "sigma_2": r"$\sigma_2$"}[name]
 
 
+def _finite_or_nan(values) -> np.ndarray:
+    """values as a float array (None -> NaN) with +-inf as NaN: what a plot can draw."""
+    values = np.array(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
 def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, rows: list[dict]):
     """Predicted exponent maps with their zero curves, the trained loss on the plane, the loss against the
-    exponents and against |lambda|, and the test-loss curves of the first seed."""
+    exponents and against |lambda|, and the test-loss curves of the first seed. Diverged points are marked x;
+    non-finite exponents and losses are left blank."""
     plt = _pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
@@ -68,13 +78,16 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
     mean = analysis["losses"]["mean"]
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
 
+    def crosses_zero(values):
+        values = values[np.isfinite(values)]
+        return values.size > 0 and values.min() < 0 < values.max()
+
     def zero_curves(ax, legend=False):
         for values, color, name in ((maps["angle"], "k", r"$\lambda_a=0$"), (maps["gradient"], "m",
                                                                                r"$\lambda_g=0$")):
-            if np.nanmin(values) < 0 < np.nanmax(values):
-                ax.contour(mx, my, values, levels=[0.0], colors=color, linewidths=2)
-            ax.plot([], [], color=color, lw=2, label=name + ("" if np.nanmin(values) < 0 < np.nanmax(values)
-                                                            else " (not in window)"))
+            if crosses_zero(values):
+                ax.contour(mx, my, np.ma.masked_invalid(values), levels=[0.0], colors=color, linewidths=2)
+            ax.plot([], [], color=color, lw=2, label=name + ("" if crosses_zero(values) else " (not in window)"))
         ax.plot(crit[cfg.x_field], crit[cfg.y_field], "*", ms=18, mfc="gold", mec="k",
                 label="predicted critical point")
         if legend:
@@ -82,8 +95,8 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
 
     for ax, key, title in ((axes[0, 0], "angle", r"angle exponent $\lambda_a$ (per block)"),
                            (axes[0, 1], "gradient", r"gradient exponent $\lambda_g$ (per block)")):
-        values = maps[key]
-        span = max(abs(np.nanmin(values)), abs(np.nanmax(values)), 1e-12)
+        values = _finite_or_nan(maps[key])
+        span = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 0.0, 1e-12)
         mesh = ax.pcolormesh(mx, my, values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -span, span), shading="auto")
         fig.colorbar(mesh, ax=ax)
         zero_curves(ax, legend=key == "angle")
@@ -93,14 +106,15 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
 
     ax = axes[0, 2]
     task = cfg.train.task
-    finite = np.where(np.isfinite(mean), mean, np.nan)
-    mesh = ax.pcolormesh(tx, ty, finite, cmap="viridis", shading="nearest",
-                         vmin=task.bayes_loss(), vmax=max(task.context_free_loss(), np.nanmax(finite)))
+    finite = _finite_or_nan(mean)
+    top = max(task.context_free_loss(), np.nanmax(finite) if np.isfinite(finite).any() else -np.inf)
+    mesh = ax.pcolormesh(tx, ty, finite, cmap="viridis", shading="nearest", vmin=task.bayes_loss(), vmax=top)
     fig.colorbar(mesh, ax=ax, label="final test loss (mean over seeds)")
     for jy, jx in zip(*np.nonzero(~np.isfinite(mean))):
         ax.plot(tx[jx], ty[jy], "x", color="r", ms=12, mew=3)
     zero_curves(ax)
-    ax.plot(best[cfg.x_field], best[cfg.y_field], "o", ms=14, mfc="none", mec="w", mew=3)
+    if best["loss"] is not None:
+        ax.plot(best[cfg.x_field], best[cfg.y_field], "o", ms=14, mfc="none", mec="w", mew=3)
     ax.set(title=f"trained: final test loss, depth {cfg.train.depth}, width {cfg.train.width}\n"
                  f"(o: minimum; x: diverged; floor {task.bayes_loss():.3f}, "
                  f"no mixing {task.context_free_loss():.3f})",
@@ -108,9 +122,9 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
            xlim=(mx[0], mx[-1]), ylim=(my[0], my[-1]))
 
     ax = axes[1, 0]
-    angle, gradient = maps["train_angle"].ravel(), maps["train_gradient"].ravel()
-    scatter = ax.scatter(angle, gradient, c=np.where(np.isfinite(mean.ravel()), mean.ravel(), np.nan),
-                         s=70, cmap="viridis", edgecolors="k")
+    angle, gradient = _finite_or_nan(maps["train_angle"]).ravel(), _finite_or_nan(maps["train_gradient"]).ravel()
+    scatter = ax.scatter(angle, gradient, c=finite.ravel(), s=70, cmap="viridis", edgecolors="k",
+                         plotnonfinite=True)
     fig.colorbar(scatter, ax=ax, label="final test loss")
     ax.axhline(0, color="m", lw=1)
     ax.axvline(0, color="k", lw=1)
@@ -119,32 +133,33 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
 
     ax = axes[1, 1]
     metrics = analysis["metrics"]
-    predictor = analysis["predictor"].ravel()
+    predictor = _finite_or_nan(analysis["predictor"]).ravel()
     per_seed = analysis["losses"]["per_seed"]
     for k, seed in enumerate(cfg.seeds):
-        ax.plot(predictor, np.where(np.isfinite(per_seed[:, k]), per_seed[:, k], np.nan), "o", alpha=0.5,
-                label=f"seed {seed}")
+        ax.plot(predictor, _finite_or_nan(per_seed[:, k]), "o", alpha=0.5, label=f"seed {seed}")
     ax.plot(predictor, finite.ravel(), "k_", ms=14, mew=2, label="mean")
     ax.axhline(task.bayes_loss(), color="g", ls="--", label="Bayes floor")
     ax.axhline(task.context_free_loss(), color="r", ls="--", label="best without token mixing")
-    ax.set(title=f"Spearman {metrics['spearman']:+.2f} (p={metrics['spearman_p']:.1g}); "
-                 f"seed-to-seed {metrics['seed_to_seed_spearman']:+.2f}",
+    ax.set(title=f"Spearman {shown(metrics['spearman'], '+.2f')} (p={shown(metrics['spearman_p'], '.1g')}); "
+                 f"seed-to-seed {shown(metrics['seed_to_seed_spearman'], '+.2f')}; "
+                 f"{metrics['diverged_runs']} of {metrics['runs']} runs diverged",
            xlabel=r"$|\lambda|=\sqrt{\lambda_a^2+\lambda_g^2}$", ylabel="final test loss")
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
 
     ax = axes[1, 2]
-    colors = plt.cm.plasma((predictor - predictor.min()) / max(np.ptp(predictor), 1e-12))
+    known = predictor[np.isfinite(predictor)]
+    low, spread = (known.min(), max(np.ptp(known), 1e-12)) if known.size else (0.0, 1.0)
+    colors = plt.cm.plasma(np.clip((np.nan_to_num(predictor, nan=low + spread) - low) / spread, 0, 1))
     first_seed = {json.dumps(r["point"], sort_keys=True): r for r in rows if r["seed"] == cfg.seeds[0]}
     for k, p in enumerate(cfg.train_points()):
-        curve = first_seed[json.dumps(p, sort_keys=True)]["result"]["test_loss"]
-        steps = first_seed[json.dumps(p, sort_keys=True)]["result"]["eval_steps"]
-        ax.plot(steps, [np.nan if v is None else v for v in curve], color=colors[k], lw=1)
+        result = first_seed[json.dumps(p, sort_keys=True)]["result"]
+        ax.plot(result["eval_steps"], _finite_or_nan(result["test_loss"]), color=colors[k], lw=1)
     ax.axhline(task.bayes_loss(), color="g", ls="--")
     ax.axhline(task.context_free_loss(), color="r", ls="--")
     ax.set(title=f"test-loss curves, seed {cfg.seeds[0]}\n(colour: |lambda|, dark = near 0)",
            xlabel="step", ylabel="test loss")
     fig.suptitle(f"Trainability phase diagram: canonical transformer, {cfg.base.residual} residual, "
                  f"{cfg.base.activation}, n={cfg.base.n_tokens}; distance min-loss to predicted point "
-                 f"{metrics['distance_cells']:.2f} cells", fontsize=12)
+                 f"{shown(metrics['distance_cells'], '.2f')} cells", fontsize=12)
     fig.tight_layout()
     return fig

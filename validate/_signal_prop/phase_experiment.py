@@ -10,14 +10,25 @@ import hashlib
 import json
 import math
 import os
+import sqlite3
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sim.signal_prop import GRID_FIELDS, critical_point, exponent_grid
 from theory.signal_prop import BlockParams
-from validate._signal_prop.batched_train import TrainConfig
+from validate._common import checks
+from validate._common.sweep import SweepStore
+from validate._signal_prop.batched_train import MAX_SEED, RESULT_KEYS, TrainConfig
 from validate._signal_prop.phase_task import HistogramTask
+
+# the largest planes the computation can use: a dense map of MAX_MAP_POINTS^2 points holds 2 x 32 MB of
+# exponents and takes about a minute to draw; a training grid of MAX_GRID^2 points is 10^4 trained models per
+# seed (days at the default recipe) and puts hundreds of MB of training curves into the JSON record
+MAX_MAP_POINTS, MAX_GRID = 2000, 100
+AXIS_DECIMALS = 10   # grid values are rounded so that a point's stored key does not depend on float noise
+OUTPUT_FILES = ("phase_diagram.json", "phase_diagram.png")
 
 
 @dataclass(frozen=True)
@@ -43,40 +54,49 @@ class PhaseDiagramConfig:
 
     def __post_init__(self):
         for name in ("x_field", "y_field"):
-            if getattr(self, name) not in GRID_FIELDS:
-                raise ValueError(f"{name}={getattr(self, name)!r}: allowed values are {GRID_FIELDS}")
+            checks.field(self, name, checks.choice, GRID_FIELDS)
         overlapping = {"alpha": {"alpha_A", "alpha_M", "alpha"}}
         if self.x_field == self.y_field or self.y_field in overlapping.get(self.x_field, ()) \
                 or self.x_field in overlapping.get(self.y_field, ()):
             raise ValueError(f"x_field={self.x_field!r} and y_field={self.y_field!r} must set different fields")
-        for name in ("x_range", "y_range"):
-            low, high = getattr(self, name)
-            if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be finite with 0 <= min < max")
+        if not isinstance(self.base, BlockParams):
+            raise ValueError(f"base={self.base!r}: must be a theory.signal_prop.BlockParams")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train={self.train!r}: must be a validate._signal_prop.batched_train.TrainConfig")
         for name, axis in (("x_range", self.x_field), ("y_range", self.y_field)):
-            if axis.startswith("alpha") and self.base.residual == "normalized" and getattr(self, name)[1] > 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: alpha must lie in [0, 1] with "
-                                 "residual='normalized'")
-        if self.map_points < 2:
-            raise ValueError(f"map_points={self.map_points!r}: must be >= 2")
-        if len(self.grid) != 2 or min(self.grid) < 2:
-            raise ValueError(f"grid={self.grid!r}: must be two integers >= 2")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds={self.seeds!r}: must be distinct non-negative integers")
-        if self.models_per_batch < 1:
-            raise ValueError(f"models_per_batch={self.models_per_batch!r}: must be >= 1")
-        if self.workers < 0:
-            raise ValueError(f"workers={self.workers!r}: must be >= 0 (0 trains in this process)")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device={self.device!r}: allowed values are cpu, cuda, cuda:N")
+            low, high = checks.field(self, name, checks.pair, checks.real)
+            top = 1.0 if axis.startswith("alpha") and self.base.residual == "normalized" else math.inf
+            if not 0 <= low < high <= top:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must satisfy 0 <= min < max"
+                                 + (" <= 1 (alpha with residual='normalized')" if top == 1 else ""))
+        checks.field(self, "map_points", checks.integer, 2, MAX_MAP_POINTS)
+        checks.field(self, "grid", checks.pair, lambda name, v: checks.integer(name, v, 2, MAX_GRID))
+        for name, points, axis in (("x_range", self.grid[0], "x"), ("y_range", self.grid[1], "y")):
+            if len(set(self.axis_values(points, axis))) != points:
+                raise ValueError(f"{name}={getattr(self, name)!r}: too narrow for {points} grid points (their "
+                                 f"values, rounded to {AXIS_DECIMALS} decimals, coincide)")
+        checks.field(self, "seeds", checks.sequence, lambda label, seed: checks.integer(
+            label, seed, 0, MAX_SEED, why=" (seed s seeds a torch generator with 1000003 (s + 1) < 2^64)"))
+        checks.field(self, "models_per_batch", checks.integer, 1)
+        checks.field(self, "workers", checks.integer, 0)
+        checks.field(self, "scheduler", checks.text, optional=True)
+        checks.field(self, "device", checks.device)
+        checks.field(self, "out", checks.text)
+        checks.field(self, "store", checks.text, optional=True)
+        if not isinstance(self.fresh, bool):
+            raise ValueError(f"fresh={self.fresh!r}: must be True or False")
         if self.base.n_tokens != self.train.task.n_tokens:
             raise ValueError(f"base.n_tokens={self.base.n_tokens} must equal the task's sequence length "
                              f"{self.train.task.n_tokens}")
+        outputs = {os.path.realpath(os.path.join(self.out, name)) for name in OUTPUT_FILES}
+        if os.path.realpath(self.store_path()) in outputs:
+            raise ValueError(f"store={self.store!r}: is one of the files the run writes ({', '.join(OUTPUT_FILES)} "
+                             "in --out); choose another path")
 
     # -- the plane ----------------------------------------------------------------------------------------
     def axis_values(self, points: int, axis: str) -> np.ndarray:
         low, high = self.x_range if axis == "x" else self.y_range
-        return np.round(np.linspace(low, high, points), 10)
+        return np.round(np.linspace(low, high, points), AXIS_DECIMALS)
 
     def train_axes(self) -> tuple[np.ndarray, np.ndarray]:
         return self.axis_values(self.grid[0], "x"), self.axis_values(self.grid[1], "y")
@@ -103,6 +123,27 @@ class PhaseDiagramConfig:
         return d
 
 
+def open_sweep_store(cfg: PhaseDiagramConfig) -> SweepStore:
+    """The run's sweep store, checked before any compute: a location that cannot hold a store, a file that is
+    not one, and (unless cfg.fresh discards them) stored rows of this sweep that cannot be read back or are not
+    training results raise ValueError in one line."""
+    store = SweepStore(cfg.store_path(), cfg.sweep_name())
+    if cfg.fresh:
+        return store
+    try:
+        rows = store.rows()
+    except (sqlite3.DatabaseError, ValueError) as error:
+        raise ValueError(f"store {store.path!r}: its rows cannot be read ({error}); use --fresh or another "
+                         "--store") from None
+    for row in rows:
+        missing = RESULT_KEYS - set(row["result"]) if isinstance(row["result"], dict) else RESULT_KEYS
+        if missing:
+            raise ValueError(f"store {store.path!r}: the row of point {row['point']} seed {row['seed']} is not a "
+                             f"training result (it lacks {', '.join(sorted(missing))}); use --fresh or another "
+                             "--store")
+    return store
+
+
 def _params_dict(h: BlockParams) -> dict:
     d = dataclasses.asdict(h)
     d["activation"] = str(h.activation)
@@ -112,7 +153,7 @@ def _params_dict(h: BlockParams) -> dict:
 def same_experiment(a: PhaseDiagramConfig, b: PhaseDiagramConfig) -> bool:
     """Whether a and b train the same models on the same plane: only how and where they run may differ."""
     def experiment(c):
-        return dataclasses.replace(c, models_per_batch=1, workers=0, scheduler=None, device="cpu", out="",
+        return dataclasses.replace(c, models_per_batch=1, workers=0, scheduler=None, device="cpu", out=".",
                                    store=None, fresh=False, train=dataclasses.replace(c.train, threads=1))
     return experiment(a) == experiment(b)
 
@@ -142,6 +183,14 @@ def predicted_critical_point(cfg: PhaseDiagramConfig) -> dict:
         "angle_exponent": float(found.angle), "gradient_exponent": float(found.gradient),
         "note": ("both exponents vanish here" if found.exact else "the exponents do not both vanish inside "
                  "the window: this is its point of smallest lambda_a^2 + lambda_g^2")}
+
+
+def predict(cfg: PhaseDiagramConfig) -> dict:
+    """Everything predicted before training: exponent_maps(cfg), the "critical" point and the "seconds" taken."""
+    start = time.perf_counter()
+    maps = exponent_maps(cfg)
+    critical = predicted_critical_point(cfg)
+    return {**maps, "critical": critical, "seconds": time.perf_counter() - start}
 
 
 def point_exponents(cfg: PhaseDiagramConfig, point: dict, maps: dict) -> dict:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from validate._common import checks
+
 
 @dataclass(frozen=True)
 class HistogramTask:
@@ -37,12 +39,9 @@ class HistogramTask:
     noise: float = 0.1
 
     def __post_init__(self):
-        for name, low in (("n_tokens", 2), ("vocab", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
-        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < 1:
-            raise ValueError(f"noise={self.noise!r}: must lie in [0, 1)")
+        checks.field(self, "n_tokens", checks.integer, 2)
+        checks.field(self, "vocab", checks.integer, 2)
+        checks.field(self, "noise", checks.real, 0.0, 1.0, below=True)
 
     @property
     def n_classes(self) -> int:
@@ -88,10 +87,14 @@ class HistogramTask:
         return -right * math.log(right) - (k - 1) * (wrong * math.log(wrong) if wrong > 0 else 0.0)
 
     def label_marginal(self) -> list[float]:
-        """P(y = k + 1) for k in [0, n): (1 - noise) Binomial(n - 1, 1/vocab)(k) + noise / n."""
+        """P(y = k + 1) for k in [0, n): (1 - noise) Binomial(n - 1, 1/vocab)(k) + noise / n (the binomial
+        in log space, so that long sequences neither overflow math.comb's float nor underflow early)."""
         n, v, e = self.n_tokens, self.vocab, self.noise
-        binomial = [math.comb(n - 1, k) * (1 / v) ** k * (1 - 1 / v) ** (n - 1 - k) for k in range(n)]
-        return [(1 - e) * b + e / n for b in binomial]
+
+        def log_binomial(k):
+            return (math.lgamma(n) - math.lgamma(k + 1) - math.lgamma(n - k) + k * math.log(1 / v)
+                    + (n - 1 - k) * math.log1p(-1 / v))
+        return [(1 - e) * math.exp(log_binomial(k)) + e / n for k in range(n)]
 
     def context_free_loss(self) -> float:
         """The best loss without token mixing: the entropy of the label marginal (every symbol looks alike)."""

@@ -10,6 +10,13 @@ noise of a finite sample); the per-layer checks also allow a floor for the finit
 d but which an SE over networks does not measure: |rho_th - rho| <= max(0.03, 3 SE),
 |q_th/q - 1| <= max(5%, 3 SE), Jacobian growth |J_th/J - 1| <= max(10%, 3 SE). The exponents, measured on one
 block at the collapsed state, get 3 SE.
+
+Out of float32 range: the networks run in float32, so extreme inputs (q0 near 1e-40 or 1e38, say) can overflow or
+underflow: a quantity that becomes NaN, inf, or zero where it must be positive (q, the Jacobian growth). Every
+such network is recorded with the quantity and the first layer where it happened, and counts as the worst outcome:
+the checks of that quantity FAIL and say how many networks left the range (their mean, over the networks that
+stayed in range, is reported for information; with fewer than 2 of those, or a theory value that is not finite,
+the check is not computable and FAILs with that reason).
 """
 from __future__ import annotations
 
@@ -18,12 +25,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from sim.signal_prop import exponents, propagate
 from theory.signal_prop import BlockParams
 from validate._common.cli import SEED_LIMIT
 from validate._common.reporting import Verdict
+from validate._common import checks
 from validate._signal_prop.random_networks import EXPONENT_SEED_OFFSET, measure_exponents, measure_network
 
 SETTINGS = {
@@ -62,29 +69,20 @@ class SignalPropConfig:
     out: str = "runs/signal_prop"
 
     def __post_init__(self):
-        for name in ("width", "n_tokens", "depth", "networks", "probes"):
-            v = getattr(self, name)
-            minimum = 2 if name == "n_tokens" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name}={v!r}: must be an integer >= {minimum}")
-        if self.networks > NETWORK_SEED_STRIDE:
-            raise ValueError(f"networks={self.networks}: must be <= {NETWORK_SEED_STRIDE} (so that distinct "
-                             "seed values draw distinct networks)")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) \
-                or not all(isinstance(s, int) and 0 <= s <= MAX_SEED for s in self.seeds):
-            raise ValueError(f"seeds={self.seeds!r}: must be distinct integers in [0, {MAX_SEED}]")
+        for name in ("width", "n_tokens", "depth", "probes"):
+            checks.field(self, name, checks.integer, 2 if name == "n_tokens" else 1)
+        # at most NETWORK_SEED_STRIDE, so that distinct seed values draw distinct networks
+        checks.field(self, "networks", checks.integer, 1, NETWORK_SEED_STRIDE)
+        checks.field(self, "seeds", checks.sequence, lambda label, seed: checks.integer(
+            label, seed, 0, MAX_SEED, why=f" (seed s draws networks from seeds s * {NETWORK_SEED_STRIDE} + k < 2^63)"))
         if len(self.seeds) * self.networks < 2:
             raise ValueError(f"networks={self.networks} with seeds={self.seeds!r}: a standard error needs at least "
                              "2 networks per setting")
-        if not self.q0 > 0:
-            raise ValueError(f"q0={self.q0!r}: must be > 0")
-        if not 0.0 <= self.rho0 < 1.0:
-            raise ValueError(f"rho0={self.rho0!r}: must lie in [0, 1)")
-        unknown = [s for s in self.settings if s not in SETTINGS]
-        if unknown or not self.settings:
-            raise ValueError(f"settings={list(self.settings)!r}: allowed values are {list(SETTINGS)}")
-        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
-            raise ValueError(f"device={self.device!r}: allowed values are 'cpu' or 'cuda' (when present)")
+        checks.field(self, "q0", checks.real, 0.0, above=True)
+        checks.field(self, "rho0", checks.real, 0.0, 1.0, below=True)
+        checks.field(self, "settings", checks.names, tuple(SETTINGS))
+        checks.field(self, "device", checks.device)
+        checks.field(self, "out", checks.text)
 
     def network_seeds(self) -> list[int]:
         """The seed of every network of a setting, pooled over the seed values."""
@@ -94,65 +92,123 @@ class SignalPropConfig:
 def same_experiment(a: SignalPropConfig, b: SignalPropConfig) -> bool:
     """Whether a and b draw the same networks and compare the same things: only where they run may differ."""
     def experiment(c):
-        return dataclasses.replace(c, device="cpu", out="")
+        return dataclasses.replace(c, device="cpu", out=".")
     return experiment(a) == experiment(b)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Theory against the networks of one setting
 # ----------------------------------------------------------------------------------------------------
-def _mean_se(samples) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over networks (axis 0) and its standard error."""
+LAYER_QUANTITIES = ("q", "p", "rho", "jacobian")    # after every block; q and the Jacobian growth are > 0
+EXPONENTS = ("angle", "gradient")
+
+
+def setting_theory(name: str, cfg: SignalPropConfig) -> dict:
+    """The predictions for setting `name`: its BlockParams, propagate's trajectory and the exponents."""
+    params = SETTINGS[name].replace(n_tokens=cfg.n_tokens)
+    return {"params": params, "trajectory": propagate(params, cfg.depth, cfg.q0, cfg.rho0),
+            "exponents": exponents(params)}
+
+
+def _first_out_of_range(values: np.ndarray, positive: bool) -> int | None:
+    """The first index at which values are NaN or inf (or <= 0, for a positive quantity), else None."""
+    bad = ~np.isfinite(values) | ((values <= 0) if positive else False)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _mean_se(samples: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over networks of `size` values each, and its standard error; NaN with fewer than 2 networks."""
+    if len(samples) < 2:
+        return np.full(size, np.nan), np.full(size, np.nan)
     samples = np.asarray(samples, float)
     return samples.mean(0), samples.std(0, ddof=1) / math.sqrt(samples.shape[0])
 
 
-def _worst_layer(gap: np.ndarray, tolerance: np.ndarray, gap_name: str) -> dict:
+def _compared(theory, mean, se, floor: float, relative: bool, left: list, networks: int) -> dict:
+    """Theory against the mean over networks, layer by layer (or one exponent, floor 0): the largest gap, where,
+    its tolerance max(floor, 3 SE) and the verdict. `left`: the layer at which each network that left the
+    float32 range did so (None for an exponent); any such network makes the check FAIL."""
+    theory = np.atleast_1d(np.asarray(theory, float))
+    first_bad_theory = _first_out_of_range(theory, positive=False)
+    layers = [layer for layer in left if layer is not None]
+    result = {"max_gap": None, "relative": relative, "worst_layer": None, "tolerance_at_worst": None,
+              "pass": False, "networks_out_of_range": len(left),
+              "first_layer_out_of_range": min(layers) if layers else None, "not_computable": None}
+    if first_bad_theory is not None:
+        result["not_computable"] = "the theory is not finite" + (
+            f" from layer {first_bad_theory} on" if theory.size > 1 else "")
+        return result
+    if networks - len(left) < 2:
+        result["not_computable"] = (f"{len(left)} of {networks} networks out of float32 range"
+                                    + (f" from layer {min(layers)} on" if layers else "") + "; fewer than 2 left")
+        return result
+    gap = np.abs(theory / mean - 1) if relative else np.abs(theory - mean)
+    tolerance = np.maximum(floor, STANDARD_ERRORS * (se / mean if relative else se))
     worst = int(gap.argmax())
-    return {gap_name: float(gap.max()), "worst_layer": worst, "tolerance_at_worst": float(tolerance[worst]),
-            "pass": bool(np.all(gap <= tolerance))}
+    result.update(max_gap=float(gap[worst]), worst_layer=worst, tolerance_at_worst=float(tolerance[worst]),
+                  **{"pass": bool(np.all(gap <= tolerance)) and not left})
+    return result
 
 
-def _within(gap: float, se: float) -> dict:
-    return {"gap": gap, "tolerance": STANDARD_ERRORS * se, "pass": bool(gap <= STANDARD_ERRORS * se)}
-
-
-def evaluate_setting(name: str, cfg: SignalPropConfig, progress=None) -> dict:
-    """Theory and the pooled measurements of setting `name`, and the checks between them."""
-    params = SETTINGS[name].replace(n_tokens=cfg.n_tokens)
-    theory = propagate(params, cfg.depth, cfg.q0, cfg.rho0)
-    ex = exponents(params)
-    runs, exps = [], []
+def evaluate_setting(name: str, cfg: SignalPropConfig, progress=None, theory: dict | None = None) -> dict:
+    """Theory and the pooled measurements of setting `name` (networks out of float32 range recorded and left
+    out of the means), and the checks between them."""
+    theory = setting_theory(name, cfg) if theory is None else theory
+    params, trajectory, ex = theory["params"], theory["trajectory"], theory["exponents"]
+    samples = {k: [] for k in LAYER_QUANTITIES + EXPONENTS}
+    events = []
     for seed in cfg.network_seeds():
-        runs.append(measure_network(params, cfg.depth, cfg.width, cfg.q0, cfg.rho0, cfg.probes, seed, cfg.device))
-        exps.append(measure_exponents(params, ex.q, cfg.width, cfg.probes, seed))
+        run = measure_network(params, cfg.depth, cfg.width, cfg.q0, cfg.rho0, cfg.probes, seed, cfg.device)
+        run.update({k: [v] for k, v in measure_exponents(params, ex.q, cfg.width, cfg.probes, seed).items()})
+        for k in samples:
+            values = np.asarray(run[k], float)
+            samples[k].append(values)
+            layer = _first_out_of_range(values, positive=k in ("q", "jacobian"))
+            if layer is not None:
+                events.append({"network_seed": seed, "quantity": k, "layer": layer if k not in EXPONENTS else None})
         if progress is not None:
             progress.update(1)
-    measured = {k: _mean_se([r[k] for r in runs]) for k in ("q", "p", "rho", "jacobian")}
-    (rho, rho_se), (q, q_se), (jacobian, jacobian_se) = measured["rho"], measured["q"], measured["jacobian"]
-    angle_m, angle_se = _mean_se([e["angle"] for e in exps])
-    grad_m, grad_se = _mean_se([e["gradient"] for e in exps])
+    networks = len(cfg.network_seeds())
+    left = {k: {e["network_seed"]: e["layer"] for e in events if e["quantity"] == k} for k in samples}
+    measured = {k: _mean_se([v for s, v in zip(cfg.network_seeds(), samples[k]) if s not in left[k]],
+                            1 if k in EXPONENTS else cfg.depth + 1) for k in samples}
+    (rho, rho_se), (q, q_se) = measured["rho"], measured["q"]
+    left = {k: list(layers.values()) for k, layers in left.items()}
     return {
         "params": {**dataclasses.asdict(params), "activation": str(params.activation)},
-        "theory": {"q": theory.q.tolist(), "rho": theory.rho.tolist(), "jacobian": theory.jacobian.tolist(),
-                   "angle_exponent": ex.angle, "gradient_exponent": ex.gradient, "collapsed_q": ex.q},
-        "measured": {k: {"mean": m.tolist(), "se": se.tolist()} for k, (m, se) in measured.items()},
-        "measured_exponents": {"angle": angle_m, "angle_se": angle_se, "gradient": grad_m,
-                               "gradient_se": grad_se},
+        "theory": {"q": trajectory.q.tolist(), "rho": trajectory.rho.tolist(),
+                   "jacobian": trajectory.jacobian.tolist(), "angle_exponent": ex.angle,
+                   "gradient_exponent": ex.gradient, "collapsed_q": ex.q},
+        "measured": {k: {"mean": m.tolist(), "se": se.tolist()} for k, (m, se) in measured.items()
+                     if k in LAYER_QUANTITIES},
+        "measured_exponents": {"angle": float(measured["angle"][0][0]), "angle_se": float(measured["angle"][1][0]),
+                               "gradient": float(measured["gradient"][0][0]),
+                               "gradient_se": float(measured["gradient"][1][0])},
+        "out_of_float32_range": {"networks": networks, "events": events,
+                                 "networks_by_quantity": {k: len(layers) for k, layers in left.items()}},
         "checks": {
-            "rho": _worst_layer(np.abs(theory.rho - rho), np.maximum(RHO_FLOOR, STANDARD_ERRORS * rho_se),
-                                "max_gap"),
-            "q": _worst_layer(np.abs(theory.q / q - 1), np.maximum(Q_FLOOR, STANDARD_ERRORS * q_se / q),
-                              "max_rel_gap"),
-            "jacobian": _worst_layer(np.abs(theory.jacobian / jacobian - 1),
-                                     np.maximum(JACOBIAN_FLOOR, STANDARD_ERRORS * jacobian_se / jacobian),
-                                     "max_rel_gap"),
-            "angle_exponent": _within(abs(ex.angle - angle_m), angle_se),
-            "gradient_exponent": _within(abs(ex.gradient - grad_m), grad_se),
+            "rho": _compared(trajectory.rho, rho, rho_se, RHO_FLOOR, False, left["rho"], networks),
+            "q": _compared(trajectory.q, q, q_se, Q_FLOOR, True, left["q"], networks),
+            "jacobian": _compared(trajectory.jacobian, *measured["jacobian"], JACOBIAN_FLOOR, True,
+                                  left["jacobian"], networks),
+            "angle_exponent": _compared(ex.angle, *measured["angle"], 0.0, False, left["angle"], networks),
+            "gradient_exponent": _compared(ex.gradient, *measured["gradient"], 0.0, False, left["gradient"],
+                                           networks),
             "se_below_floors": bool(np.all(STANDARD_ERRORS * rho_se <= RHO_FLOOR)
                                     and np.all(STANDARD_ERRORS * q_se / q <= Q_FLOOR)),
         },
     }
+
+
+def _measurement(check: dict, mean, se, spec: str, se_spec: str, networks: int) -> str:
+    if check["not_computable"]:
+        return f"n/a: {check['not_computable']}"
+    text = f"{checks.shown(mean, spec)} ± {checks.shown(se, se_spec)}"
+    if check["networks_out_of_range"]:
+        layer = check["first_layer_out_of_range"]
+        text += (f"; {check['networks_out_of_range']} of {networks} networks out of float32 range"
+                 + (f" from layer {layer} on" if layer is not None else "") + " (left out; counted as a failure)")
+    return text
 
 
 def verdict_rows(results: dict) -> list[Verdict]:
@@ -161,23 +217,27 @@ def verdict_rows(results: dict) -> list[Verdict]:
     rows = []
     for name, r in results.items():
         c, th, me = r["checks"], r["theory"], r["measured"]
-        L = c["rho"]["worst_layer"]
-        rows.append(Verdict.check(f"rho (worst layer {L})", f"{th['rho'][L]:.4f}",
-                                  f"{me['rho']['mean'][L]:.4f} ± {me['rho']['se'][L]:.4f}",
-                                  f"<= {c['rho']['tolerance_at_worst']:.3f}", c["rho"]["pass"], claim=name))
-        L = c["q"]["worst_layer"]
-        rows.append(Verdict.check(f"q (worst layer {L})", f"{th['q'][L]:.4f}",
-                                  f"{me['q']['mean'][L]:.4f} ± {me['q']['se'][L]:.4f}",
-                                  f"rel <= {c['q']['tolerance_at_worst']:.3f}", c["q"]["pass"], claim=name))
-        L = c["jacobian"]["worst_layer"]
-        rows.append(Verdict.check(f"|J|^2/nd (worst layer {L})", f"{th['jacobian'][L]:.4g}",
-                                  f"{me['jacobian']['mean'][L]:.4g} ± {me['jacobian']['se'][L]:.2g}",
-                                  f"rel <= {c['jacobian']['tolerance_at_worst']:.3f}", c["jacobian"]["pass"],
-                                  claim=name))
+        networks = r["out_of_float32_range"]["networks"]
+        for key, label, spec, se_spec, tolerance in (("rho", "rho", ".4f", ".4f", "<= {:.3f}"),
+                                                      ("q", "q", ".4g", ".4f", "rel <= {:.3f}"),
+                                                      ("jacobian", "|J|^2/nd", ".4g", ".2g", "rel <= {:.3f}")):
+            check = c[key]
+            L = check["worst_layer"]
+            if L is None:   # not computable: show the first layer where it went wrong
+                L = check["first_layer_out_of_range"] if check["first_layer_out_of_range"] is not None else \
+                    _first_out_of_range(np.asarray(th[key], float), positive=False) or 0
+            rows.append(Verdict.check(
+                f"{label} ({'worst ' if check['worst_layer'] is not None else ''}layer {L})",
+                checks.shown(th[key][L], spec),
+                _measurement(check, me[key]["mean"][L], me[key]["se"][L], spec, se_spec, networks),
+                tolerance.format(check["tolerance_at_worst"]) if check["tolerance_at_worst"] is not None else "",
+                check["pass"], claim=name))
         e = r["measured_exponents"]
-        for exponent in ("angle", "gradient"):
+        for exponent in EXPONENTS:
             check = c[f"{exponent}_exponent"]
-            rows.append(Verdict.check(f"{exponent} exponent", f"{th[f'{exponent}_exponent']:+.4f}",
-                                      f"{e[exponent]:+.4f} ± {e[f'{exponent}_se']:.4f}",
-                                      f"<= {check['tolerance']:.4f}", check["pass"], claim=name))
+            rows.append(Verdict.check(
+                f"{exponent} exponent", checks.shown(th[f"{exponent}_exponent"], "+.4f"),
+                _measurement(check, e[exponent], e[f"{exponent}_se"], "+.4f", ".4f", networks),
+                f"<= {check['tolerance_at_worst']:.4f}" if check["tolerance_at_worst"] is not None else "",
+                check["pass"], claim=name))
     return rows
