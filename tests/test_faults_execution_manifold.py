@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -279,8 +278,8 @@ def test_some_runs_diverge_and_are_left_out_and_counted(tmp_path, capsys, monkey
 
     monkeypatch.setattr(trajectory, "cross_entropy_and_accuracy", loss_that_diverges_for_seed_1)
     out = tmp_path / "out"
-    argv = TINY + ["--part", "one", "--seeds", "0", "1", "2", "--difficulty-seeds", "2", "--sweep-max-markers", "2", "--sweep-moduli",
-                   "--out", str(out)]
+    argv = TINY + ["--part", "one", "--seeds", "0", "1", "2", "--difficulty-seeds", "2", "--sweep-max-markers", "2",
+                   "--sweep-moduli", "--out", str(out)]
     assert em.main(argv) == 0
     record = _record(out)
     assert len(record["figures"]) == 3

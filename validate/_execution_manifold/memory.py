@@ -34,7 +34,8 @@ def memory_needed(one, two=None, workers: int = 0) -> dict[str, int]:
     needs = {
         "the weight trajectories (--steps / --snapshot-every snapshots of 4 --n-layers --d-model^2 weights)":
             parallel * (n * 4 * run.n_layers * block * FLOAT32 + 2 * n * block * FLOAT64),
-        "the model and its optimizer state (--d-model, --n-layers, --seq-len)": parallel * 4 * _parameters(run) * FLOAT32,
+        "the model and its optimizer state (--d-model, --n-layers, --seq-len)":
+            parallel * 4 * _parameters(run) * FLOAT32,
         "the activations (--batch-size, --seq-len, --d-model, --n-layers)":
             parallel * _activations(run, max(run.batch_size, one.probe_examples)),
         "the per-step records (--steps)": parallel * run.steps * 16,

@@ -168,7 +168,8 @@ class ModelConfig:
         the final LayerNorm and the head."""
         d, mlp = self.d_model, 2 * self.d_model * self.d_mlp + self.d_mlp + self.d_model
         block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + {"none": 0, "on": mlp + 2 * d, "unused": mlp}[self.mlp]
-        return (self.vocab_size + self.seq_len) * d + self.n_layers * block + 2 * d + d * self.n_classes + self.n_classes
+        embeddings, readout = (self.vocab_size + self.seq_len) * d, 2 * d + d * self.n_classes + self.n_classes
+        return embeddings + self.n_layers * block + readout
 
     @classmethod
     def for_task(cls, task: TaskConfig, **kwargs) -> "ModelConfig":

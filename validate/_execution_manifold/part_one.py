@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from validate._common import checks
 from validate._common.cli import prepare_output_directory
 from validate._common.reporting import atomic_savez, progress
 from validate._common.sweep import SweepStore, run_sweep
 from validate._execution_manifold import geometry as geo
-from validate._common import checks
 from validate._execution_manifold.modular import probe_sets
 from validate._execution_manifold.trajectory import (Diverged, RunConfig, diverged_result, loss_curve,
                                                      train_with_snapshots)

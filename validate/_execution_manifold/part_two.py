@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from validate._common import checks
 from validate._common.reporting import json_safe, progress
 from validate._common.sweep import SweepStore, run_sweep
-from validate._common import checks
 from validate._execution_manifold.commutator_probe import CommutatorProbe, commutator_summary, leading_term_check
 from validate._execution_manifold.sae_stages import sae_stage
 from validate._execution_manifold.trajectory import Diverged, RunConfig, diverged_result, train_with_snapshots

@@ -96,11 +96,7 @@ class RunConfig:
             object.__setattr__(self, "weight_decay", DEFAULT_WEIGHT_DECAY[self.optimizer])
         if self.mlp not in MLP_MODES:
             raise ValueError(f"mlp must be one of {MLP_MODES}, got {self.mlp!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device")
-        if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"device {self.device!r}: torch sees {torch.cuda.device_count()} CUDA device(s), "
-                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        checks.field(self, "device", checks.device)  # cpu, or a CUDA device torch sees
         # the configs below check their own fields: build them once so a bad value is named now
         self.model_config(self.task_config())
         self.train_config(seed=0)
