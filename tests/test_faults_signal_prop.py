@@ -343,8 +343,11 @@ SWEEP = ["--grid", "3", "2", "--map-points", "4", "--depth", "1", "--width", "8"
 def _stored(store: Path) -> dict:
     if not store.exists():
         return {}
-    with sqlite3.connect(store) as db:
-        return {(p, s): f for p, s, f in db.execute("SELECT point_key, seed, finished_at FROM results")}
+    try:
+        with sqlite3.connect(store) as db:
+            return {(p, s): f for p, s, f in db.execute("SELECT point_key, seed, finished_at FROM results")}
+    except sqlite3.OperationalError:  # the file exists but the command is still creating its table
+        return {}
 
 
 def _start_and_signal_midway(out: Path, signal_number: int):
