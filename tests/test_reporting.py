@@ -3,6 +3,7 @@ writes, progress lines, and the rule for the repository's figures/."""
 from __future__ import annotations
 
 import io
+import time
 import json
 import math
 import os
@@ -117,6 +118,17 @@ def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal():
     with R.progress(4, "models", quiet=True, stream=quiet) as bar:
         bar.update(4)
     assert quiet.getvalue() == ""
+
+
+def test_progress_heartbeat_prints_while_no_unit_finishes_and_stops_at_close():
+    stream = io.StringIO()
+    with R.progress(2, "runs", stream=stream, interval=0.05):
+        time.sleep(0.3)  # one unit of a paper-scale sweep takes minutes: the log still shows the command lives
+    lines = stream.getvalue().splitlines()
+    assert any("0/2 done, running" in line for line in lines) and lines[-1].startswith("[runs] 0/2 done, finished")
+    count = len(lines)
+    time.sleep(0.2)
+    assert len(stream.getvalue().splitlines()) == count  # the heartbeat ended with the bar
 
 
 def test_publish_figures_copies_only_when_asked(tmp_path):

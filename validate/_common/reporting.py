@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 
@@ -298,36 +299,49 @@ def publish_figures(paths, publish: bool, figures_dir: str | None = None) -> lis
 # Progress
 # ----------------------------------------------------------------------------------------------------------
 class _PlainProgress:
-    """A progress line on stderr every `interval` seconds, for logs and pipes where a bar would be noise."""
+    """A progress line on stderr every `interval` seconds, for logs and pipes where a bar would be noise. A
+    heartbeat thread prints the line also while no unit finishes (one unit of a paper-scale sweep is a
+    training run of tens of minutes), so a log shows the command is alive."""
 
     def __init__(self, total: int, desc: str, interval: float, stream):
         self.total, self.desc, self.interval, self.stream = total, desc, interval, stream
         self.n = 0
         self.start = self.last = time.monotonic()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self._print("started")
+        if interval > 0:
+            threading.Thread(target=self._heartbeat, name=f"progress {desc}", daemon=True).start()
 
     def _print(self, state: str) -> None:
-        elapsed = time.monotonic() - self.start
-        left = ""
-        if 0 < self.n < self.total:
-            left = f", ~{elapsed / self.n * (self.total - self.n):.0f} s left"
-        print(f"[{self.desc}] {self.n}/{self.total} {state} ({elapsed:.0f} s elapsed{left})", file=self.stream,
-              flush=True)
+        with self._lock:
+            self.last = now = time.monotonic()
+            elapsed = now - self.start
+            left = ""
+            if 0 < self.n < self.total:
+                left = f", ~{elapsed / self.n * (self.total - self.n):.0f} s left"
+            print(f"[{self.desc}] {self.n}/{self.total} {state} ({elapsed:.0f} s elapsed{left})", file=self.stream,
+                  flush=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stopped.wait(self.interval / 4):
+            if time.monotonic() - self.last >= self.interval:
+                self._print("done, running")
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
+        if time.monotonic() - self.last >= self.interval:
             self._print("done")
 
     def close(self) -> None:
+        self._stopped.set()
         self._print("done, finished")
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):
+        self._stopped.set()
         if exc_type is None:  # stopped by an exception or Ctrl-C: the error says so, not a "finished" line
             self.close()
 
