@@ -14,6 +14,7 @@ import pkgutil
 import sys
 
 import benchmarks
+from theory._cli import one_line_errors
 
 
 def _parser(available: list, only: str | None) -> argparse.ArgumentParser:
@@ -34,9 +35,7 @@ def _parser(available: list, only: str | None) -> argparse.ArgumentParser:
                              "profile (phase_diagram) (default off)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the rows to this JSON file (default: none, rows are only printed)")
-    # one line, not the usage block: the error names the flag, --help shows the rest
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-    return parser
+    return one_line_errors(parser)
 
 
 def main(argv=None, only: str | None = None):

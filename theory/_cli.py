@@ -20,7 +20,12 @@ def section_parser(module: str, doc: str, sections: dict) -> argparse.ArgumentPa
     parser.add_argument("--section", nargs="+", choices=sections, default=list(sections), metavar="NAME",
                         help="what to print, space-separated: " + "; ".join(
                             f"{name} ({text})" for name, (text, _) in sections.items()) + " (default: all)")
-    # one line, not the usage block: the error names the flag, --help shows the rest
+    return one_line_errors(parser)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` with errors in one line and exit code 2, not the usage block: the error names the flag and what
+    is allowed, --help shows the rest. Every command line of the package (theory, validate, benchmarks) uses it."""
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
     return parser
 

@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 
+from theory._cli import one_line_errors
 from validate._common import checks
 from validate._common.reporting import TEMPORARY_PREFIX
 from validate._common.sweep import StoreInUse, SweepStore, check_scheduler
@@ -89,9 +90,7 @@ def command_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of `python -m validate.<command>`, its description the command module's docstring."""
     parser = argparse.ArgumentParser(prog=f"python -m validate.{command}", description=doc,
                                      formatter_class=_HelpFormatter)
-    # one line, not the usage block: the error names the flag and what is allowed, --help shows the rest
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-    return parser
+    return one_line_errors(parser)
 
 
 def _shown(value) -> str:
