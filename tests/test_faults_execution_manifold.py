@@ -101,6 +101,7 @@ BAD_INPUT = [  # (extra argv, what the one line must name)
     (["--n-layers", "0"], "--n-layers"), (["--d-model", "30", "--n-heads", "4"], "--n-heads"),
     (["--n-heads", "0"], "--n-heads"), (["--d-model", "1000000"], "--d-model"), (["--n-layers", "100000"], "memory"),
     (["--difficulty-seeds", "-1"], "--difficulty-seeds"),
+    (["--seeds", "0", "1", "--difficulty-seeds", "3"], "--difficulty-seeds"),  # more than --seeds holds
     (["--difficulty-seeds", "1", "--sweep-max-markers", "9"], "--sweep-max-markers"),
     (["--difficulty-seeds", "1", "--sweep-moduli", "1"], "--sweep-moduli"),
     (["--difficulty-seeds", "1", "--sweep-moduli", "101"], "--sweep-moduli"),

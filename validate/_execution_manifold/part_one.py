@@ -75,7 +75,7 @@ class PartOneConfig:
                      lambda name, M: checks.integer(name, M, 1, task.largest_marker_count), empty=True)
         checks.field(self, "sweep_moduli", checks.sequence,
                      lambda name, C: checks.integer(name, C, 2, task.marker_offset), empty=True)
-        checks.field(self, "difficulty_seeds", checks.integer, 0)
+        checks.field(self, "difficulty_seeds", checks.integer, 0, len(self.seeds))  # the first seeds of --seeds
         for markers, modulus in self.points():  # each setting's task checks its own fields now, not in a worker
             self.run.task_config(markers, modulus)
 
