@@ -187,7 +187,7 @@ def _run(one, two, out_dir, part_one, workers, scheduler, fresh, quiet, argv) ->
         runs = run_part_one(one, out_dir, workers=workers, scheduler=scheduler, fresh=fresh, quiet=quiet, log=log)
         verdicts, metrics["part_one"] = part_one_claims(one, runs, out_dir)
         rows += verdicts
-        figures += part_one_figures(one, runs, metrics["part_one"], out_dir)
+        figures += part_one_figures(one, runs, metrics["part_one"], out_dir, verdicts=verdicts, argv=argv)
         config["part_one"] = one
         extra["parts"].append("one")
         extra["runs"] = {key: [{k: v for k, v in r.items() if k != "loss_curve"} for r in results]
@@ -201,8 +201,9 @@ def _run(one, two, out_dir, part_one, workers, scheduler, fresh, quiet, argv) ->
                 f"mlp {two.run.mlp}: commutators at every snapshot, SAEs at {len(two.sae_stages)} checkpoints")
         metrics["part_two"] = stored_part_two(two, out_dir, fresh=fresh, workers=workers, scheduler=scheduler,
                                               quiet=quiet)
-        rows += part_two_claims(two, metrics["part_two"])
-        figures += part_two_figures(two, metrics["part_two"], out_dir)
+        two_rows = part_two_claims(two, metrics["part_two"])
+        rows += two_rows
+        figures += part_two_figures(two, metrics["part_two"], out_dir, verdicts=two_rows, argv=argv)
         config["part_two"] = two
         extra["parts"].append("two")
         timings["part_two_run"] = metrics["part_two"]["seconds"]  # as computed, also when read from the store

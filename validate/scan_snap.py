@@ -99,7 +99,7 @@ def run(cfg: ScanSnapConfig, out_dir: str, *, quiet: bool = False, publish: bool
         timings["theory_regime"] = time.perf_counter() - start - timings["authors_regime"]
     rows = experiment.verdicts(cfg, authors, theory)
     figures_start = time.perf_counter()
-    paths = scan_snap_figures(cfg, authors, theory, out_dir)
+    paths = scan_snap_figures(cfg, authors, theory, out_dir, verdicts=rows, argv=argv)
     reporting.publish_figures(paths, publish)
     timings["figures"] = time.perf_counter() - figures_start
     timings["total"] = time.perf_counter() - start

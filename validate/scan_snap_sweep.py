@@ -108,7 +108,7 @@ def run(cfg: SweepConfig, out_dir: str, *, workers: int = 1, scheduler: str | No
                          max_workers=workers, fresh=fresh, progress=bar.update)
     wall = time.perf_counter() - start
     agg = fig6.aggregate(rows, cfg)
-    path = fig6_figure(cfg, agg, out_dir)
+    path = fig6_figure(cfg, agg, out_dir, argv=argv)
     reporting.publish_figures([path], publish)
     starts = [r["result"]["entropy_start"] for r in rows if r["result"].get("entropy_start") is not None]
     metrics = {"entropy_mean": agg["mean"], "entropy_sem": agg["se"],
