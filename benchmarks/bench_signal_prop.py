@@ -9,6 +9,9 @@ Baselines, every one timed from the two axes to the two maps in the same run:
   - a scalar Python loop with that algorithm (math-module lambdified, kernels cached): the loop at its best;
   - NumPy that integrates the kernels at every point (naive vectorization).
 All evaluate the same quadrature rule on the same integrands from theory/ and agree to 1e-12 (checked here).
+The finite-depth grid (depth=16 from q0 = 1: a loop over the collapsed-norm recursion at every point, three
+maps) is timed against the per-point loop over sim.signal_prop.exponents(h, depth=16, q0=1.0), and agrees
+with it to 1e-12.
 """
 import math
 import time
@@ -42,8 +45,17 @@ def _scalar_functions(activation="tanh"):
     return nodes, weights, integrands, multipliers, skip
 
 
+# the BlockParams fields the multipliers take (sim.signal_prop.PARAM_SYMBOLS before the skips and n)
+MULTIPLIER_FIELDS = tuple(str(s) for s in S.PARAM_SYMBOLS[:6])
+
+
+def _multiplier_fields(values):
+    """The entries of a row of T.NUMERIC_FIELDS that the compiled multipliers take, in their order."""
+    return [values[T.NUMERIC_FIELDS.index(name)] for name in MULTIPLIER_FIELDS]
+
+
 def _broadcast_columns(axes):
-    """The six numeric fields as arrays that broadcast to the (ny, nx) grid, without building it."""
+    """The numeric fields as arrays that broadcast to the (ny, nx) grid, without building it."""
     base_row, xs, x_columns, ys, y_columns = axes
     columns = [np.float64(v) for v in base_row]
     for c in x_columns:
@@ -72,7 +84,8 @@ def numpy_grid(axes, n_tokens, functions, dedupe=True, chunk=2048):
         k = kernel_points[lo:lo + chunk]
         diag_i, slope_i = integrands(nodes[None, :], k[:, 0:1], k[:, 1:2])
         q_m[lo:lo + chunk], chi[lo:lo + chunk] = diag_i @ weights, slope_i @ weights
-    a, g = multipliers(1.0, q_m[which], chi[which], *columns, skip(columns[0]), skip(columns[1]), n_tokens)
+    a, g = multipliers(1.0, q_m[which], chi[which], *_multiplier_fields(columns), skip(columns[0]), skip(columns[1]),
+                       n_tokens)
     return np.log(a), np.log(g)
 
 
@@ -90,7 +103,8 @@ def scalar_loop_grid(base, xs, ys, functions):
             if key not in cache:
                 diag_i, slope_i = integrands(nodes, row[4], row[5])
                 cache[key] = float(diag_i @ weights), float(slope_i @ weights)
-            a, g = multipliers(1.0, *cache[key], *row, skip(row[0]), skip(row[1]), float(base.n_tokens))
+            a, g = multipliers(1.0, *cache[key], *_multiplier_fields(row), skip(row[0]), skip(row[1]),
+                               float(base.n_tokens))
             angle[i, j], gradient[i, j] = math.log(a), math.log(g)
     return angle, gradient
 
@@ -104,6 +118,16 @@ def api_loop_grid(base, xs, ys):
             ex = S.exponents(base.replace(alpha_A=float(alpha), alpha_M=float(alpha), sigma_w=float(sigma_w)))
             angle[i, j], gradient[i, j] = ex.angle, ex.gradient
     return angle, gradient
+
+
+def api_loop_finite_depth(base, xs, ys, depth, q0):
+    """The per-point loop for the finite-depth exponents: sim.signal_prop.exponents(h, depth=depth, q0=q0)."""
+    maps = [np.empty((ys.size, xs.size)) for _ in range(3)]
+    for i, sigma_w in enumerate(ys):
+        for j, sigma_V in enumerate(xs):
+            ex = S.exponents(base.replace(sigma_V=float(sigma_V), sigma_w=float(sigma_w)), depth=depth, q0=q0)
+            maps[0][i, j], maps[1][i, j], maps[2][i, j] = ex.angle, ex.gradient, ex.gradient_frobenius
+    return maps
 
 
 def _best_of(fn, repeats):
@@ -147,9 +171,25 @@ def run(quick: bool = False):
         {"name": "exponent grid: numba parallel", "baseline": "numpy vectorized, kernels at every point",
          "ratio": t_naive / t_numba, "detail": detail, "seconds": seconds},
     ]
+    # finite depth: the crossing plane (sigma_V x sigma_w) of the normalized block at alpha = 0.25, n = 8
+    depth, q0 = 16, 1.0
+    crossing = BlockParams(alpha_A=0.25, alpha_M=0.25, n_tokens=8)
+    xs_v, ys_w = np.linspace(0.2, 1.4, side), np.linspace(0.75, 4.5, side)
+    S.exponent_grid(crossing, "sigma_V", xs_v[:3], "sigma_w", ys_w[:3], depth=depth, q0=q0)   # compile
+    S.exponents(crossing, depth=depth, q0=q0)
+    t_depth, maps = _best_of(lambda: S.exponent_grid(crossing, "sigma_V", xs_v, "sigma_w", ys_w, depth=depth,
+                                                    q0=q0), 20)
+    t_depth_api, maps_api = _best_of(lambda: api_loop_finite_depth(crossing, xs_v, ys_w, depth, q0), 1)
+    for got, other in zip(maps, maps_api):
+        assert np.allclose(got, other, rtol=1e-12, atol=1e-13)
+    rows.append({"name": f"exponent grid, depth {depth} from q0 = {q0:g}: numba parallel",
+                 "baseline": f"per-point loop over sim.signal_prop.exponents(h, depth={depth}, q0={q0:g})",
+                 "ratio": t_depth_api / t_depth,
+                 "detail": f"{side}x{side} grid (sigma_V x sigma_w), tanh, three maps",
+                 "seconds": {"numba": t_depth, "api_loop": t_depth_api}})
     for r in rows:
         print(f"{r['name']} vs {r['baseline']}: {r['ratio']:.1f}x  ({r['detail']}; "
-              f"numba {t_numba * 1e3:.2f} ms)")
+              f"numba {r['seconds']['numba'] * 1e3:.2f} ms)")
     return rows
 
 

@@ -3,13 +3,19 @@
 Nothing here retypes a formula: every map, kernel, integrand and exponent is `sympy.lambdify`-ed with
 `modules="math"` and `cse=True`, then `numba.njit`-ed (`compile_expression`).  What sim/ adds is numerical
 procedure: composite Gauss-Legendre quadrature of Gaussian integrals, Monte Carlo of the finite-n softmax
-expectations, iteration over depth, root finding, and Numba-parallel grids.
+expectations, iteration over depth (the block map, the collapsed-norm recursion), root finding, and
+Numba-parallel grids.  Both LN placements (BlockParams.placement) and the MLP biases (sigma_b) run through
+the same compiled expressions.
 
 Public API (other code relies on these names and signatures):
     propagate(h, depth, q0=1.0, rho0=0.5)  -> Trajectory(q, p, rho, jacobian)
-    exponents(h)                           -> Exponents(angle, gradient)
-    exponent_grid(base, x_field, x_values, y_field, y_values) -> (angle, gradient) 2-D arrays
-    critical_point(base, free=("alpha", "sigma_w"))
+    exponents(h, q=None, depth=None, q0=None) -> Exponents(angle, gradient, gradient_frobenius, q)
+        depth=None: asymptotic, one block at collapse (gradient_frobenius == gradient);
+        depth=L: the (1/L)-averaged finite-depth exponents from collapsed tokens of norm q0 (default 1)
+    exponent_grid(base, x_field, x_values, y_field, y_values, q=None, depth=None, q0=None)
+        -> (angle, gradient) for depth=None; ExponentMaps(angle, gradient, gradient_frobenius) for depth=L
+    critical_point(base, free=("alpha", "sigma_w"), bounds=None, tol=1e-8, depth=None, q0=None,
+                   gradient="common")  -> CriticalPoint(params, angle, gradient, exact, ...)
     attention_moments(n_tokens, rho, sigma_A)  (Monte Carlo of the six softmax expectations)
 
 Every public function checks its inputs before computing and raises a one-line ValueError naming the input
@@ -24,11 +30,14 @@ evaluates their corners):
 * sigma_w <= QUADRATURE_SIGMA_W_MAX = 16 for kernels computed by quadrature (tanh, a sympy.Lambda): the
   composite rule resolves phi(sigma_w z) to a relative error below 2e-7 up to there (measured against
   30-digit integrals: 1e-10 at 12, 1e-3 at 40, useless at 1000);
+* with sigma_b > 0 the kernel is evaluated at the pre-activation std sqrt(sigma_w^2 + sigma_b^2), which
+  obeys the same QUADRATURE_SIGMA_W_MAX for kernels by quadrature;
 * sigma_A <= LARGE_N_SIGMA_A_MAX = 14 with attention="large_n": its moments grow as e^{3 sigma_A^2}/n^2;
 * the normalized residual must not zero the residual stream (alpha_A = 1 with sigma_V = 0, or alpha_M = 1
   with an MLP whose output is zero): LN(0) is undefined.
 The results are then finite, except where a multiplier is exactly zero (an exponent of -inf, documented at
-`exponents`); `propagate` raises a ValueError naming depth if the Jacobian itself leaves float64's range.
+`exponents`); `propagate` and the finite-depth exponents raise a ValueError naming depth if the norm (or
+the Jacobian) itself leaves float64's range.
 """
 from __future__ import annotations
 
@@ -116,6 +125,21 @@ def _check_stream_nonzero(residual, alpha_A, alpha_M, sigma_V, q_M, label: str) 
                              "undefined")
 
 
+def _check_preactivation_std(sigma_w, sigma_b, activation, label: str) -> None:
+    """With biases a kernel is evaluated at the pre-activation std sqrt(sigma_w^2 + sigma_b^2) (LN'd input,
+    theory.signal_prop.preactivation_std): by quadrature (tanh, a sympy.Lambda) it must stay within
+    QUADRATURE_SIGMA_W_MAX like sigma_w itself.  Arguments broadcast (the grid checks all its points)."""
+    if isinstance(activation, str) and activation in T.CLOSED_FORM_ACTIVATIONS:
+        return
+    std = np.hypot(np.asarray(sigma_w, float), np.asarray(sigma_b, float))
+    if np.any(std > QUADRATURE_SIGMA_W_MAX):
+        worst = np.unravel_index(np.argmax(std), std.shape) if std.ndim else ()
+        sw, sb = (float(np.broadcast_to(v, std.shape)[worst]) for v in (sigma_w, sigma_b))
+        raise ValueError(f"{label}: sigma_w={shown(sw)}, sigma_b={shown(sb)}: the pre-activation std "
+                         f"sqrt(sigma_w^2 + sigma_b^2) = {float(std[worst]):.6g} exceeds {QUADRATURE_SIGMA_W_MAX:g} "
+                         "(beyond it the kernel quadrature of tanh or a sympy.Lambda loses accuracy)")
+
+
 def check_params(h, name: str = "h", attention: str = "finite") -> BlockParams:
     """`h` if it is a BlockParams whose values sim evaluates (module docstring); a ValueError otherwise.
     The condition on the MLP's output (q_M = 0) is checked where q_M is computed."""
@@ -126,6 +150,8 @@ def check_params(h, name: str = "h", attention: str = "finite") -> BlockParams:
     if attention == "large_n" and h.sigma_A > LARGE_N_SIGMA_A_MAX:
         raise ValueError(f"{name}.sigma_A={shown(h.sigma_A)}: attention='large_n' evaluates sigma_A <= "
                          f"{LARGE_N_SIGMA_A_MAX:g} (its moments grow as exp(3 sigma_A^2))")
+    if h.sigma_b != 0:
+        _check_preactivation_std(h.sigma_w, h.sigma_b, h.activation, name)
     _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, 1.0, name)
     return h
 
@@ -357,12 +383,70 @@ def _legendre_interval(lo, hi, nodes, order=QUADRATURE_ORDER):
 
 
 # ----------------------------------------------------------------------------------------------------
+# MLP values with biases (theory.signal_prop.bias_assembly): the bias-free kernel at the pre-activation std
+# ----------------------------------------------------------------------------------------------------
+_preactivation = compile_expression((T.preactivation_std, T.preactivation_correlation),
+                                    (T.branch_q, T.branch_p, T.sigma_w, T.sigma_b))
+_bias_assembly = compile_expression(
+    tuple(T.bias_assembly[m] for m in (T.mlp_q, T.mlp_p, T.mlp_slope, T.mlp_slope_off)),
+    (T.kernel_diagonal, T.kernel_value, T.kernel_slope, T.kernel_derivative, T.sigma_w, T.sigma_b, T.branch_q))
+
+
+@functools.lru_cache(maxsize=None)
+def _collapse_values(activation):
+    """njit (sigma_w, sigma_2, sigma_b) -> (q_M, chi_M) of the MLP at collapse (its input is LN'd, Gram
+    (1, 1), in both placements).  sigma_b = 0 is the bias-free kernel itself, bit for bit."""
+    diagonal_and_slope = compiled_kernel(activation).diagonal_and_slope
+
+    @numba.njit
+    def collapse_values(sigma_w, sigma_2, sigma_b):
+        if sigma_b == 0.0:
+            return diagonal_and_slope(sigma_w, sigma_2)
+        std, _ = _preactivation(1.0, 1.0, sigma_w, sigma_b)
+        k_q, k_chi = diagonal_and_slope(std, sigma_2)
+        q_m, _, chi, _ = _bias_assembly(k_q, 0.0, k_chi, 0.0, sigma_w, sigma_b, 1.0)
+        return q_m, chi
+    return collapse_values
+
+
+def _mlp_values(h: BlockParams, rho_in: float, kernel: CompiledKernel) -> tuple:
+    """(q_M, p_M, chi_M, chi_M_off) of h's MLP at an LN'd input of cosine rho_in (Gram (1, rho_in))."""
+    if h.sigma_b == 0:
+        return (kernel.diagonal(h.sigma_w, h.sigma_2), kernel.value(rho_in, h.sigma_w, h.sigma_2),
+                kernel.slope(h.sigma_w, h.sigma_2), kernel.derivative(rho_in, h.sigma_w, h.sigma_2))
+    std, corr = _preactivation(1.0, rho_in, h.sigma_w, h.sigma_b)
+    corr = min(1.0, max(-1.0, corr))
+    return _bias_assembly(kernel.diagonal(std, h.sigma_2), kernel.value(corr, std, h.sigma_2),
+                          kernel.slope(std, h.sigma_2), kernel.derivative(corr, std, h.sigma_2),
+                          h.sigma_w, h.sigma_b, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The block map over depth
 # ----------------------------------------------------------------------------------------------------
-_BLOCK = T.block_map()
 _ARGS = STATE_SYMBOLS + T.ATTENTION_MOMENTS + KERNEL_SYMBOLS + PARAM_SYMBOLS
-_attention_step = compile_expression((_BLOCK.q1, _BLOCK.p1), _ARGS)
-_block_step = compile_expression((_BLOCK.q_out, _BLOCK.p_out, _BLOCK.Qt_out, _BLOCK.Pt_out), _ARGS)
+
+
+@dataclass(frozen=True)
+class _CompiledBlock:
+    """One placement's block map: the attention step (q1, p1), the whole block (q_out, p_out, Qt_out, Pt_out),
+    and the attention's input Gram (qhat, phat) as a function of (q, p)."""
+
+    attention_step: object
+    block_step: object
+    attention_input: object
+
+
+def _compile_block(placement: str) -> _CompiledBlock:
+    bm = T.block_map(placement=placement)
+    return _CompiledBlock(compile_expression((bm.q1, bm.p1), _ARGS),
+                          compile_expression((bm.q_out, bm.p_out, bm.Qt_out, bm.Pt_out), _ARGS),
+                          compile_expression(tuple(sp.sympify(e) for e in bm.attention_input), (T.q, T.p)))
+
+
+_BLOCKS = {placement: _compile_block(placement) for placement in T.PLACEMENTS}
+_attention_step = _BLOCKS["pre"].attention_step      # the canonical (pre-LN) block, as before
+_block_step = _BLOCKS["pre"].block_step
 
 
 @dataclass(frozen=True)
@@ -375,6 +459,20 @@ class Trajectory:
     jacobian: np.ndarray
 
 
+def _block_forward(h, state, kernel, method, n_samples, seed):
+    """One block of h's map from state (q, p, Qt, Pt): the attention moments at its branch input (rho =
+    phat/qhat, sigma_A qhat: theory.signal_prop.branch_logit_scaling_check), the MLP values at the LN'd
+    cosine after the attention sublayer."""
+    q, p, Qt, Pt = state
+    block = _BLOCKS[h.placement]
+    params = _params_vector(h)
+    q_hat, p_hat = block.attention_input(q, p)
+    moments = _attention_moments(h.n_tokens, p_hat / q_hat, h.sigma_A * q_hat, method, n_samples, seed)
+    q1, p1 = block.attention_step(q, p, Qt, Pt, *moments, 0.0, 0.0, 0.0, 0.0, *params)
+    rho1 = min(1.0, p1 / q1)
+    return block.block_step(q, p, Qt, Pt, *moments, *_mlp_values(h, rho1, kernel), *params)
+
+
 def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
               attention: str = "finite", n_samples: int = MONTE_CARLO_SAMPLES, seed: int = 0
               ) -> Trajectory:
@@ -382,13 +480,16 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
     from an isotropic probe (Qt = 1, Pt = 0) so that `jacobian` tracks E|dX_l/dX_0|_F^2 / (n d).
 
     attention="finite" uses the Monte Carlo softmax moments at n = h.n_tokens (exact in limit [W]);
-    "large_n" their limit-[N] closed forms.
+    "large_n" their limit-[N] closed forms.  h.placement="post" normalises after every sublayer (q = 1 from
+    the first block on); h.sigma_b adds the MLP biases (theory.signal_prop.mlp_branch).
 
-    The map is invariant under q0 -> c q0, sigma_V -> sqrt(c) sigma_V, sigma_2 -> sqrt(c) sigma_2 (q and p
-    scale by c, rho and jacobian do not), but not under q0 alone: the branches see LN'd tokens while the skip
-    path carries the norm.  q0 must lie in Q_RANGE; h in sim's ranges (`check_params`).  A Jacobian that
-    grows past float64's largest number before `depth` (a gradient exponent times depth beyond ~709) raises a
-    ValueError naming the deepest depth that is computable.
+    The pre-LN map is invariant under q0 -> c q0, sigma_V -> sqrt(c) sigma_V, sigma_2 -> sqrt(c) sigma_2,
+    sigma_b -> sqrt(c) sigma_b (q and p scale by c, rho and jacobian do not), but not under q0 alone: the
+    branches see LN'd tokens while the skip path carries the norm.  q0 must lie in Q_RANGE; h in sim's ranges
+    (`check_params`; for post-LN with attention="large_n" also sigma_A q0 <= LARGE_N_SIGMA_A_MAX, the
+    first block's logits scaling with q0).  A Jacobian that grows past float64's largest number before
+    `depth` (a gradient exponent times depth beyond ~709) raises a ValueError naming the deepest depth that
+    is computable.
     """
     h = check_params(h, attention=attention)
     depth = count("depth", depth, 0)
@@ -396,22 +497,20 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
     rho0 = real_number("rho0", rho0, 0.0, 1.0)
     attention = choice("attention", attention, ("finite", "large_n"))
     n_samples, seed = count("n_samples", n_samples, 1), count("seed", seed, 0)
+    if attention == "large_n" and h.placement == "post" and h.sigma_A * q0 > LARGE_N_SIGMA_A_MAX:
+        raise ValueError(f"q0={shown(q0)}: with placement='post' and attention='large_n' the first block's logits "
+                         f"have std sigma_A q0 = {h.sigma_A * q0:.4g}, and the large-n moments hold up to "
+                         f"{LARGE_N_SIGMA_A_MAX:g}")
     method = "monte_carlo" if attention == "finite" else "large_n"
     kernel = compiled_kernel(h.activation)
-    params = _params_vector(h)
-    q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
-    slope = kernel.slope(h.sigma_w, h.sigma_2)
+    q_M, _ = _collapse_values(h.activation)(h.sigma_w, h.sigma_2, h.sigma_b)
     _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, q_M, "h")
-    q, p, Qt, Pt = q0, q0 * rho0, 1.0, 0.0
+    state = (q0, q0 * rho0, 1.0, 0.0)
     out = np.empty((depth + 1, 4))
-    out[0] = q, p, p / q, Qt
+    out[0] = q0, q0 * rho0, rho0, 1.0
     for layer in range(1, depth + 1):
-        moments = _attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, seed)
-        q1, p1 = _attention_step(q, p, Qt, Pt, *moments, 0.0, 0.0, 0.0, 0.0, *params)
-        rho1 = min(1.0, p1 / q1)
-        kernel_values = (q_M, kernel.value(rho1, h.sigma_w, h.sigma_2), slope,
-                         kernel.derivative(rho1, h.sigma_w, h.sigma_2))
-        q, p, Qt, Pt = _block_step(q, p, Qt, Pt, *moments, *kernel_values, *params)
+        state = _block_forward(h, state, kernel, method, n_samples, seed)
+        q, p, Qt, Pt = state
         if not (sys.float_info.min <= q < math.inf and all(math.isfinite(v) for v in (p, Qt, Pt))):
             raise ValueError(f"depth={depth}: the norm q ({q:.3g}) or the Jacobian E|dX_l/dX_0|^2 ({Qt:.3g}) of "
                              f"this h and q0={shown(q0)} leaves float64's range at block {layer}; depths up to "
@@ -421,40 +520,185 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
 
 
 # ----------------------------------------------------------------------------------------------------
-# Exponents at collapse
+# Exponents at collapse: asymptotic (one block at a norm) and finite depth (the collapsed-norm recursion)
 # ----------------------------------------------------------------------------------------------------
 _EXPONENT_ARGS = (T.q, T.mlp_q, T.mlp_slope) + PARAM_SYMBOLS
 _multipliers_at_q = compile_expression((T.angle_multiplier, T.gradient_multiplier), _EXPONENT_ARGS)
 _multipliers_normalized = compile_expression(
     tuple(e.subs(T.q, T.q_star_collapse_stable) for e in (T.angle_multiplier, T.gradient_multiplier)),
     _EXPONENT_ARGS)
+_multipliers_post = compile_expression((T.angle_multiplier_post, T.gradient_multiplier_post), _EXPONENT_ARGS)
 _skip_normalized = compile_expression(T.residual_coefficient(T.alpha_A, "normalized"), (T.alpha_A,))
 _q_star_collapse = compile_expression(T.q_star_collapse_stable, (T.mlp_q,) + PARAM_SYMBOLS)
+# one block at collapse from input norm q: (q_next, G_c, G_d)
+_collapse_steps = {placement: compile_expression(
+    tuple(getattr(T.finite_depth_exponents(placement), f) for f in ("norm_step", "common_gain", "differential_gain")),
+    _EXPONENT_ARGS) for placement in T.PLACEMENTS}
+_FINITE_DEPTH_SUMS = (T.log_common_sum, T.log_differential_sum, T.q_input, T.q_final, T.depth_symbol, T.n)
+_finite_depth_from_sums = compile_expression(
+    tuple(getattr(T.finite_depth_exponents("pre"), f"{name}_from_sums")
+          for name in ("angle", "gradient", "gradient_frobenius")), _FINITE_DEPTH_SUMS)
+MAX_DEPTH = 100_000        # finite-depth exponents: a loop over blocks per point
 
 
 @dataclass(frozen=True)
 class Exponents:
-    """Per-block Lyapunov exponents (natural log) of the linearisation at collapse.
+    """Per-block Lyapunov exponents (natural log) at collapse.
 
-    angle:    growth rate of epsilon = 1 - rho (the squared inter-token angle), T.angle_multiplier.
-    gradient: growth rate of E|dX_L/dX_0|_F^2 (its dominant, common mode), T.gradient_multiplier.
-    q:        the collapsed norm at which they are evaluated.
+    Asymptotic (depth=None), one block linearised at the collapsed state of norm q:
+    angle:    growth rate of epsilon = 1 - rho (the squared inter-token angle), T.angle_multiplier
+              (T.angle_multiplier_post for placement="post");
+    gradient: growth rate of E|dX_L/dX_0|_F^2 (its dominant, common mode), T.gradient_multiplier;
+    gradient_frobenius: equal to gradient (the common mode dominates as depth -> infinity).
+    Finite depth (depth=L), T.finite_depth_exponents: the (1/L)-averaged rates of a depth-L network fed
+    collapsed tokens of norm q0: angle (epsilon_L/epsilon_0), gradient (common-mode probe) and
+    gradient_frobenius (E|J_L|_F^2/(nd), an isotropic probe, at n = h.n_tokens).
+    q: the collapsed norm at which the asymptotic exponents are evaluated; the input norm q0 at finite depth.
     """
 
     angle: float
     gradient: float
+    gradient_frobenius: float
     q: float
 
 
-def exponents(h: BlockParams, q: float | None = None) -> Exponents:
-    """Angle and gradient exponents of `h` at the collapsed state (rho = 1) with norm q.
+class ExponentMaps(tuple):
+    """The three finite-depth maps of `exponent_grid`: (angle, gradient, gradient_frobenius), also by name."""
 
-    q=None: the collapsed fixed point q* for residual="normalized"; for "plain", whose norm grows without
-    bound (no fixed point, power-law rather than exponential dynamics), q = 1, the norm of LN'd inputs,
-    i.e. the first block of a network fed unit-norm tokens.  Also q = 1 for the normalized residual with
-    alpha_A = alpha_M = 0: that block is the identity, every norm is fixed, and both exponents are 0 at any q.
-    Otherwise q must lie in Q_RANGE, and h in sim's ranges (`check_params`).  Neither exponent depends on n or
-    sigma_A: at collapse the attention is exactly uniform.
+    def __new__(cls, angle, gradient, gradient_frobenius):
+        return super().__new__(cls, (angle, gradient, gradient_frobenius))
+
+    angle = property(lambda self: self[0])
+    gradient = property(lambda self: self[1])
+    gradient_frobenius = property(lambda self: self[2])
+
+
+@numba.njit
+def _log(x):
+    """log x, and -inf for an exact 0 (see `exponents`)."""
+    return math.log(x) if x > 0.0 else -math.inf
+
+
+@numba.njit
+def _pre_at_q_star(q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, skip_A, skip_M, n):
+    """(angle multiplier, gradient multiplier, q) of the normalized pre-LN block at its collapsed norm q*.
+    The identity block (both alphas 0), and blocks whose branches both output zero (q* = 0), take the
+    multipliers at q = 1: they are functions of q alone there, homogeneous of degree 0 (tests)."""
+    if alpha_A == 0.0 and alpha_M == 0.0:
+        a, g = _multipliers_at_q(1.0, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, skip_A, skip_M, n)
+        return a, g, 1.0
+    q_star = _q_star_collapse(q_M, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, skip_A, skip_M, n)
+    if q_star == 0.0:
+        a, g = _multipliers_at_q(1.0, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, skip_A, skip_M, n)
+    else:
+        a, g = _multipliers_normalized(q_star, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2,
+                                       skip_A, skip_M, n)
+    return a, g, q_star
+
+
+def _make_finite_depth(step):
+    """njit (q0, depth, q_M, chi, params...) -> (angle, gradient, gradient_frobenius, q_L): the recursion
+    q[l+1] = norm_step(q[l]) with Lambda_c, Lambda_d accumulated, then theory's *_from_sums.  A norm that
+    leaves float64's normal range returns q_L = 0 or inf (the caller raises)."""
+    @numba.njit
+    def finite_depth(q0, depth, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, skip_A, skip_M, n):
+        q = q0
+        log_common = 0.0
+        log_differential = 0.0
+        for _ in range(depth):
+            q_next, common, differential = step(q, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2,
+                                                skip_A, skip_M, n)
+            log_common += _log(common)
+            log_differential += _log(differential)
+            q = q_next
+            if not (q >= 2.2250738585072014e-308 and q < math.inf):
+                return math.nan, math.nan, math.nan, q
+        angle, gradient, frobenius = _finite_depth_from_sums(log_common, log_differential, q0, q, float(depth), n)
+        if log_common == -math.inf:       # G_c = 0 somewhere: both modes vanish (G_d <= G_c)
+            frobenius = -math.inf
+        return angle, gradient, frobenius, q
+    return finite_depth
+
+
+_FINITE_DEPTH = {placement: _make_finite_depth(_collapse_steps[placement]) for placement in T.PLACEMENTS}
+
+
+def _make_point(placement: str, normalized: bool, mode: str):
+    """njit (q_value, depth, q_M, chi, params...) -> (angle, gradient, gradient_frobenius, q): one point's
+    exponents, shared by `exponents` and `exponent_grid`.  mode: "q_star" (normalized pre-LN at q*),
+    "at_q" (one block at norm q_value), "finite" (depth blocks from q0 = q_value)."""
+    finite = _FINITE_DEPTH[placement]
+    multipliers = _multipliers_post if placement == "post" else _multipliers_at_q
+
+    @numba.njit
+    def point(q_value, depth, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2, n):
+        skip_A = _skip_normalized(alpha_A) if normalized else 1.0
+        skip_M = _skip_normalized(alpha_M) if normalized else 1.0
+        if mode == "finite":
+            return finite(q_value, depth, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2,
+                          skip_A, skip_M, n)
+        if mode == "q_star":
+            a, g, q_used = _pre_at_q_star(q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2,
+                                          skip_A, skip_M, n)
+        else:
+            a, g = multipliers(q_value, q_M, chi, alpha_A, alpha_M, sigma_A, sigma_V, sigma_w, sigma_2,
+                               skip_A, skip_M, n)
+            q_used = q_value
+        return _log(a), _log(g), _log(g), q_used
+    return point
+
+
+_POINTS: dict = {}
+
+
+def _point_function(placement: str, normalized: bool, mode: str):
+    key = (placement, normalized, mode)
+    if key not in _POINTS:
+        _POINTS[key] = _make_point(*key)
+    return _POINTS[key]
+
+
+def _exponent_mode(h_or_base: BlockParams, q, depth, q0) -> tuple:
+    """Validated (mode, q_value, depth) of `exponents`/`exponent_grid`: depth=None gives the asymptotic
+    exponents at q (default: q* for the normalized pre-LN block, 1 otherwise), depth=L the finite-depth ones
+    from q0 (default 1)."""
+    if depth is None:
+        if q0 is not None:
+            raise ValueError(f"q0={shown(q0)}: the input norm of the finite-depth exponents; give depth too "
+                             "(or q for the asymptotic ones)")
+        if q is not None:
+            return "at_q", _check_q("q", q), 0
+        if h_or_base.placement == "pre" and h_or_base.residual == "normalized":
+            return "q_star", 1.0, 0
+        return "at_q", 1.0, 0
+    depth = count("depth", depth, 1, MAX_DEPTH)
+    if q is not None:
+        raise ValueError(f"q={shown(q)}: the finite-depth exponents start from the input norm q0, not q")
+    return "finite", 1.0 if q0 is None else _check_q("q0", q0), depth
+
+
+def _too_deep(depth, q0, q_last) -> ValueError:
+    return ValueError(f"depth={depth}: the collapsed norm from q0={shown(q0)} leaves float64's range "
+                      f"(q_L = {q_last:.3g}); use a smaller depth or q0")
+
+
+def exponents(h: BlockParams, q: float | None = None, depth: int | None = None,
+              q0: float | None = None) -> Exponents:
+    """Angle and gradient exponents of `h` at collapse (rho = 1).
+
+    depth=None (asymptotic): one block linearised at the collapsed state of norm q.  q=None: the collapsed
+    fixed point q* for the normalized pre-LN block; q = 1 for "plain" (whose norm grows without bound: no
+    fixed point, power-law rather than exponential dynamics; q = 1 is the first block of a network fed
+    unit-norm tokens) and for placement="post" (every post-LN block outputs norm 1).  Also q = 1 for the
+    normalized residual with alpha_A = alpha_M = 0: that block is the identity, every norm is fixed, and both
+    exponents are 0 at any q.  gradient_frobenius then equals gradient.
+
+    depth=L (an integer in [1, MAX_DEPTH]): the finite-depth exponents of a depth-L network fed collapsed
+    tokens of norm q0 (default 1.0), averaged over the L blocks (theory.signal_prop.finite_depth_exponents):
+    angle, gradient (common mode) and gradient_frobenius (E|J_L|_F^2/(nd) at n = h.n_tokens).  Give q0, not q.
+
+    q, q0 must lie in Q_RANGE, and h in sim's ranges (`check_params`).  Neither exponent depends on sigma_A
+    (at collapse the attention is exactly uniform); only gradient_frobenius depends on n.
 
     An exponent is -inf exactly where its multiplier is exactly 0, and then it is the right value.  With the
     normalized residual, alpha_A = 1 removes the attention's skip path, and the uniform attention at collapse
@@ -463,57 +707,43 @@ def exponents(h: BlockParams, q: float | None = None) -> Exponents:
     zeroes the block's Jacobian at collapse (gradient).
     """
     h = check_params(h)
-    kernel = compiled_kernel(h.activation)
-    q_M = kernel.diagonal(h.sigma_w, h.sigma_2)
-    slope = kernel.slope(h.sigma_w, h.sigma_2)
+    mode, q_value, depth = _exponent_mode(h, q, depth, q0)
+    q_M, chi = _collapse_values(h.activation)(h.sigma_w, h.sigma_2, h.sigma_b)
     _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, q_M, "h")
-    params = _params_vector(h)
-    if q is None and h.residual == "normalized" and not h.alpha_A == h.alpha_M == 0:
-        q_value = _q_star_collapse(q_M, *params)
-        if q_value == 0:
-            # both branches output zero, so the skips shrink the tokens to q* = 0; the multipliers are then
-            # functions of q alone, homogeneous of degree 0 (tests), and take their value at q = 1
-            angle, gradient = _multipliers_at_q(1.0, q_M, slope, *params)
-        else:
-            angle, gradient = _multipliers_normalized(q_value, q_M, slope, *params)
-    else:
-        q_value = 1.0 if q is None else _check_q("q", q)
-        angle, gradient = _multipliers_at_q(q_value, q_M, slope, *params)
-    if not (0 <= angle < math.inf and 0 <= gradient < math.inf):   # a safety net: the ranges exclude this
-        raise ValueError(f"h={shown(h)}, q={shown(q)}: the multipliers ({shown(angle)}, {shown(gradient)}) "
-                         "leave float64's range")
-    return Exponents(angle=_log(angle), gradient=_log(gradient), q=q_value)
-
-
-def _log(x: float) -> float:
-    """log x, and -inf for an exact 0 (see `exponents`)."""
-    return math.log(x) if x > 0 else -math.inf
+    point = _point_function(h.placement, h.residual == "normalized", mode)
+    angle, gradient, frobenius, q_used = point(q_value, depth, q_M, chi, h.alpha_A, h.alpha_M, h.sigma_A,
+                                               h.sigma_V, h.sigma_w, h.sigma_2, float(h.n_tokens))
+    if mode == "finite":
+        if not (sys.float_info.min <= q_used < math.inf):
+            raise _too_deep(depth, q_value, q_used)
+        q_used = q_value
+    if any(math.isnan(v) or v == math.inf for v in (angle, gradient, frobenius)):   # a safety net
+        raise ValueError(f"h={shown(h)}, q={shown(q)}: the exponents ({angle}, {gradient}, {frobenius}) leave "
+                         "float64's range")
+    return Exponents(angle=float(angle), gradient=float(gradient), gradient_frobenius=float(frobenius),
+                     q=float(q_used))
 
 
 GRID_FIELDS = T.NUMERIC_FIELDS + ("alpha",)     # "alpha" sets alpha_A = alpha_M together
 
 
-_KERNEL_COLUMNS = (T.NUMERIC_FIELDS.index("sigma_w"), T.NUMERIC_FIELDS.index("sigma_2"))
+_KERNEL_COLUMNS = tuple(T.NUMERIC_FIELDS.index(f) for f in ("sigma_w", "sigma_2", "sigma_b"))
 
 
-def _grid_kernels(activation, normalized: bool, at_q_star: bool):
-    """Two Numba-parallel passes: the MLP kernel integrals (q_M, chi_M) once per distinct (sigma_w,
-    sigma_2) of the grid, then both multipliers at every point.  The second pass builds each point's
-    parameters from the two axes as it goes, so no (points x fields) array is ever stored.
-    normalized: the residual (skip weights sqrt(1 - alpha^2)); at_q_star: at the collapsed norm q*."""
-    diagonal_and_slope = compiled_kernel(activation).diagonal_and_slope
-    multipliers = _multipliers_normalized if at_q_star else _multipliers_at_q
-    at_q, q_star = _multipliers_at_q, _q_star_collapse
-    skip = _skip_normalized
+def _grid_kernels(activation, point):
+    """Two Numba-parallel passes: the MLP values (q_M, chi_M) at collapse once per distinct (sigma_w,
+    sigma_2, sigma_b) of the grid, then the exponents at every point (`_make_point`).  The second pass
+    builds each point's parameters from the two axes as it goes, so no (points x fields) array is stored."""
+    collapse_values = _collapse_values(activation)
 
     @numba.njit(parallel=True)
-    def kernel_values(pairs, q_m_out, chi_out):
-        for k in numba.prange(pairs.shape[0]):
-            q_m_out[k], chi_out[k] = diagonal_and_slope(pairs[k, 0], pairs[k, 1])
+    def kernel_values(triples, q_m_out, chi_out):
+        for k in numba.prange(triples.shape[0]):
+            q_m_out[k], chi_out[k] = collapse_values(triples[k, 0], triples[k, 1], triples[k, 2])
 
     @numba.njit(parallel=True)
-    def grid(base_row, xs, x_columns, ys, y_columns, kernel_stride, q_m, chi, q_value, n_tokens,
-             angle_out, gradient_out):
+    def grid(base_row, xs, x_columns, ys, y_columns, kernel_stride, q_m, chi, q_value, depth, n_tokens,
+             angle_out, gradient_out, frobenius_out, q_last_out):
         # kernel index of point (i, j): i * kernel_stride[0] + j * kernel_stride[1] (see _kernel_pairs)
         for i in numba.prange(ys.size):
             row = base_row.copy()
@@ -523,21 +753,9 @@ def _grid_kernels(activation, normalized: bool, at_q_star: bool):
                 for c in x_columns:
                     row[c] = xs[j]
                 k = i * kernel_stride[0] + j * kernel_stride[1]
-                if normalized:
-                    skip_a, skip_m = skip(row[0]), skip(row[1])
-                else:
-                    skip_a, skip_m = 1.0, 1.0
-                # as in `exponents`: the identity block (both alphas 0), and blocks whose branches both
-                # output zero (q* = 0), take the multipliers at q = 1
-                if at_q_star and ((row[0] == 0.0 and row[1] == 0.0) or q_star(
-                        q_m[k], row[0], row[1], row[2], row[3], row[4], row[5], skip_a, skip_m, n_tokens) == 0.0):
-                    a, g = at_q(1.0, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
-                                skip_a, skip_m, n_tokens)
-                else:
-                    a, g = multipliers(q_value, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4], row[5],
-                                       skip_a, skip_m, n_tokens)
-                angle_out[i, j] = math.log(a)
-                gradient_out[i, j] = math.log(g)
+                a, g, f, q_used = point(q_value, depth, q_m[k], chi[k], row[0], row[1], row[2], row[3], row[4],
+                                        row[5], n_tokens)
+                angle_out[i, j], gradient_out[i, j], frobenius_out[i, j], q_last_out[i, j] = a, g, f, q_used
     return kernel_values, grid
 
 
@@ -584,7 +802,11 @@ def _grid_axes(base: BlockParams, x_field: str, x_values, y_field: str, y_values
                              "residual='normalized' (the skip weight is sqrt(1 - alpha^2))")
         _check_field_values(column, values, base.activation, f"{name}: {column}")
     base_row = np.array([getattr(base, f) for f in T.NUMERIC_FIELDS], float)
-    return base_row, xs, x_columns, ys, y_columns
+    axes = base_row, xs, x_columns, ys, y_columns
+    sigma_w, sigma_b = (_grid_field(axes, T.NUMERIC_FIELDS.index(f)) for f in ("sigma_w", "sigma_b"))
+    if np.any(sigma_b != 0):
+        _check_preactivation_std(sigma_w, sigma_b, base.activation, "a grid point")
+    return axes
 
 
 def _grid_field(axes, column: int) -> np.ndarray:
@@ -598,9 +820,9 @@ def _grid_field(axes, column: int) -> np.ndarray:
 
 
 def _kernel_pairs(base_row, xs, x_columns, ys, y_columns):
-    """The (sigma_w, sigma_2) pairs the grid needs, from its axes, and the strides (over y, over x) that
-    give point (i, j) its pair i * stride_y + j * stride_x: one pair if neither axis is a kernel field,
-    one per value of the axis that is, one per point if both are."""
+    """The (sigma_w, sigma_2, sigma_b) triples the grid needs, from its axes, and the strides (over y, over
+    x) that give point (i, j) its triple i * stride_y + j * stride_x: one triple if neither axis is a kernel
+    field, one per value of the axis that is, one per point if both are."""
     x_kernel = bool(np.isin(x_columns, _KERNEL_COLUMNS).any())
     y_kernel = bool(np.isin(y_columns, _KERNEL_COLUMNS).any())
     ny, nx = (ys.size if y_kernel else 1), (xs.size if x_kernel else 1)
@@ -609,37 +831,44 @@ def _kernel_pairs(base_row, xs, x_columns, ys, y_columns):
         rows[:, :, x_columns] = xs[None, :, None]
     if y_kernel:
         rows[:, :, y_columns] = ys[:, None, None]
-    pairs = np.ascontiguousarray(rows[:, :, list(_KERNEL_COLUMNS)].reshape(-1, 2))
+    triples = np.ascontiguousarray(rows[:, :, list(_KERNEL_COLUMNS)].reshape(-1, len(_KERNEL_COLUMNS)))
     stride = np.array([nx if y_kernel else 0, 1 if x_kernel else 0], dtype=np.int64)
-    return pairs, stride
+    return triples, stride
 
 
 def exponent_grid(base: BlockParams, x_field: str, x_values, y_field: str, y_values,
-                  q: float | None = None):
-    """Both exponents on the grid y_values x x_values of two BlockParams fields (Numba parallel).
+                  q: float | None = None, depth: int | None = None, q0: float | None = None):
+    """The exponents on the grid y_values x x_values of two BlockParams fields (Numba parallel).
 
-    Returns (angle, gradient), arrays of shape (len(y_values), len(x_values)); same convention for q, for
-    the identity block and for the cells of -inf (multipliers exactly 0) as `exponents`, which it equals
-    point by point.  Every axis value must lie in sim's range of its field (`check_params`), and no point
-    may zero the residual stream; both are checked before the multipliers are computed.
+    depth=None: returns (angle, gradient), arrays of shape (len(y_values), len(x_values)), the asymptotic
+    exponents at q (same convention as `exponents`).  depth=L: returns ExponentMaps(angle, gradient,
+    gradient_frobenius), a 3-tuple of such arrays, the finite-depth exponents from q0 (default 1).  Either
+    way the grid equals `exponents` point by point, including the cells of -inf (multipliers exactly 0).
+    Every axis value must lie in sim's range of its field (`check_params`), and no point may zero the
+    residual stream; both are checked before the exponents are computed.
     """
     axes = _grid_axes(base, x_field, x_values, y_field, y_values)
-    q_value = 1.0 if q is None else _check_q("q", q)
-    normalized = base.residual == "normalized"
-    key = (base.activation, normalized, normalized and q is None)
+    mode, q_value, depth_value = _exponent_mode(base, q, depth, q0)
+    key = (base.activation, base.placement, base.residual == "normalized", mode)
     if key not in _GRID_KERNELS:
-        _GRID_KERNELS[key] = _grid_kernels(base.activation, *key[1:])
+        _GRID_KERNELS[key] = _grid_kernels(base.activation, _point_function(*key[1:]))
     kernel_values, grid = _GRID_KERNELS[key]
-    pairs, stride = _kernel_pairs(*axes)
-    q_m, chi = np.empty(len(pairs)), np.empty(len(pairs))
-    kernel_values(pairs, q_m, chi)
+    triples, stride = _kernel_pairs(*axes)
+    q_m, chi = np.empty(len(triples)), np.empty(len(triples))
+    kernel_values(triples, q_m, chi)
     base_row, xs, x_columns, ys, y_columns = axes
     point_q_m = q_m[np.add.outer(np.arange(ys.size) * stride[0], np.arange(xs.size) * stride[1])]
     _check_stream_nonzero(base.residual, *(_grid_field(axes, c) for c in (0, 1, 3)), point_q_m,
                           "a grid point")
-    angle, gradient = np.empty((ys.size, xs.size)), np.empty((ys.size, xs.size))
-    grid(base_row, xs, x_columns, ys, y_columns, stride, q_m, chi, q_value, float(base.n_tokens),
-         angle, gradient)
+    maps = [np.empty((ys.size, xs.size)) for _ in range(4)]
+    grid(base_row, xs, x_columns, ys, y_columns, stride, q_m, chi, q_value, depth_value, float(base.n_tokens),
+         *maps)
+    angle, gradient, frobenius, q_last = maps
+    if mode == "finite":
+        bad = ~((q_last >= sys.float_info.min) & (q_last < math.inf))
+        if bad.any():
+            raise _too_deep(depth_value, q_value, float(q_last[bad][0]))
+        return ExponentMaps(angle, gradient, frobenius)
     return angle, gradient
 
 
@@ -696,32 +925,55 @@ def edge_of_chaos(base: BlockParams, field: str = "sigma_w", bracket=None) -> Bl
     return _with_field(base, field, brentq(angle, lo, hi, xtol=1e-13, rtol=1e-13))
 
 
+GRADIENT_DEFINITIONS = ("common", "frobenius")
+
+
 @dataclass(frozen=True)
 class CriticalPoint:
     """Where both exponents vanish, or the closest point to it inside the bounds.
 
-    exact=False means lambda_a = lambda_g = 0 has no solution inside the bounds; params then minimise
-    lambda_a^2 + lambda_g^2 there (see theory: in the canonical block lambda_g >= lambda_a, so with a
-    tanh MLP the gradient exponent vanishes only where the MLP or the attention switches off).
+    angle, gradient: the exponents at params (gradient: the definition `gradient_definition`, "common" or
+    "frobenius"); depth, q0: the finite-depth setting (None: asymptotic).  exact=False means lambda_a =
+    lambda_g = 0 has no solution inside the bounds; params then minimise lambda_a^2 + lambda_g^2 there.  For
+    the asymptotic exponents that is the rule, not an accident: by theory's sum rule lambda_g - lambda_a =
+    lambda_q + (an attention term > 0), with lambda_q >= 0 at the default norms, so the two zero curves
+    cannot cross unless the attention switches off (alpha_A sigma_V = 0).
     """
 
     params: BlockParams
     angle: float
     gradient: float
     exact: bool
+    gradient_definition: str = "common"
+    depth: int | None = None
+    q0: float | None = None
 
 
-def critical_point(base: BlockParams, free=("alpha", "sigma_w"), bounds=None, tol: float = 1e-8
+CRITICAL_POINT_STARTS = 6     # least-squares starts: the grid cells nearest a crossing
+
+
+def critical_point(base: BlockParams, free=("alpha", "sigma_w"), bounds=None, tol: float = 1e-8,
+                   depth: int | None = None, q0: float | None = None, gradient: str = "common"
                    ) -> CriticalPoint:
     """Hyperparameters `free` (two fields) at which lambda_a = lambda_g = 0, the other fields of `base`
-    held fixed; bounded least squares from a coarse grid search.  Initialise a network there with
-    `CanonicalTransformer(critical_point(base).params, depth, width)`."""
+    held fixed: bounded least squares started from the cells of a 41 x 41 grid (`exponent_grid`) where both
+    exponents change sign (and the cell of least lambda_a^2 + lambda_g^2), the best end kept.
+
+    depth=None: the asymptotic exponents, which the sum rule keeps apart (exact=False, see CriticalPoint).
+    depth=L, q0 (default 1): the finite-depth exponents, whose zero curves do cross where the collapsed norm
+    contracts (e.g. normalized residual, sigma_V < 1, free=("sigma_V", "sigma_w")).  gradient: "common"
+    (common-mode probe) or "frobenius" (E|J|_F^2/(nd), an isotropic probe at n = base.n_tokens; equal to
+    "common" when depth is None).  exact=True when both exponents are below tol in magnitude.  Initialise a
+    network there with `CanonicalTransformer(critical_point(base).params, depth, width)`.
+    """
     from scipy.optimize import least_squares
 
     check_params(base, "base")
     if isinstance(free, str) or not isinstance(free, (tuple, list)) or len(free) != 2 or any(
             not isinstance(f, str) or f not in GRID_FIELDS for f in free) or free[0] == free[1]:
         raise ValueError(f"free={shown(free)}: two distinct fields from {GRID_FIELDS}")
+    gradient = choice("gradient", gradient, GRADIENT_DEFINITIONS)
+    _exponent_mode(base, None, depth, q0)                   # checks depth and q0
     if bounds is None:
         upper = {"alpha": 1.0, "alpha_A": 1.0, "alpha_M": 1.0} if base.residual == "normalized" else {}
         bounds = tuple((1e-3, upper.get(f, 10.0)) for f in free)
@@ -731,51 +983,78 @@ def critical_point(base: BlockParams, free=("alpha", "sigma_w"), bounds=None, to
                                   for i, (pair, f) in enumerate(zip(bounds, free)))
     tol = real_number("tol", tol, 0.0, open_low=True)
     xs, ys = np.linspace(x_lo, x_hi, 41), np.linspace(y_lo, y_hi, 41)
-    angle, gradient = exponent_grid(base, free[0], xs, free[1], ys)
-    cost = np.where(np.isfinite(angle), angle**2 + gradient**2, np.inf)
-    i, j = np.unravel_index(np.argmin(cost), cost.shape)
+    maps = exponent_grid(base, free[0], xs, free[1], ys, depth=depth, q0=q0)
+    which = 2 if (gradient == "frobenius" and depth is not None) else 1
 
     def point(v):
         return _with_field(_with_field(base, free[0], v[0]), free[1], v[1])
 
-    def residual(v):
-        e = exponents(point(v))
-        return [e.angle if np.isfinite(e.angle) else -1e3, e.gradient]
+    def values(v):
+        e = exponents(point(v), depth=depth, q0=q0)
+        return e.angle, (e.gradient, e.gradient, e.gradient_frobenius)[which]
 
-    fit = least_squares(residual, [xs[j], ys[i]], bounds=([x_lo, y_lo], [x_hi, y_hi]), xtol=1e-14,
-                        ftol=1e-14, gtol=1e-14)
-    best = point(fit.x)
-    e = exponents(best)
-    return CriticalPoint(best, e.angle, e.gradient, bool(max(abs(e.angle), abs(e.gradient)) < tol))
+    def residual(v):
+        a, g = values(v)
+        return [a if np.isfinite(a) else -1e3, g if np.isfinite(g) else -1e3]
+
+    angle, grad = maps[0], maps[which]
+    cost = np.where(np.isfinite(angle) & np.isfinite(grad), angle**2 + grad**2, np.inf)
+    starts = [np.unravel_index(np.argmin(cost), cost.shape)]
+    crossing = _sign_change(angle) & _sign_change(grad)
+    for k in np.argsort(np.where(crossing, cost, np.inf), axis=None)[:CRITICAL_POINT_STARTS]:
+        cell = np.unravel_index(k, cost.shape)
+        if crossing[cell] and cell not in starts:
+            starts.append(cell)
+    best = None
+    for i, j in starts:
+        fit = least_squares(residual, [xs[j], ys[i]], bounds=([x_lo, y_lo], [x_hi, y_hi]), xtol=1e-14,
+                            ftol=1e-14, gtol=1e-14)
+        a, g = values(fit.x)
+        size = max(abs(a), abs(g)) if np.isfinite(a) and np.isfinite(g) else np.inf
+        if best is None or size < best[0]:
+            best = (size, fit.x, a, g)
+    size, x, a, g = best
+    return CriticalPoint(point(x), float(a), float(g), bool(size < tol), gradient, depth,
+                         None if depth is None else (1.0 if q0 is None else float(q0)))
+
+
+def _sign_change(values: np.ndarray) -> np.ndarray:
+    """True at grid cells where `values` changes sign towards a neighbour (4-neighbourhood)."""
+    sign = np.sign(np.where(np.isfinite(values), values, -1.0))
+    change = np.zeros(values.shape, bool)
+    for axis in (0, 1):
+        step = np.diff(sign, axis=axis) != 0
+        lead = [slice(None)] * 2
+        trail = [slice(None)] * 2
+        lead[axis], trail[axis] = slice(None, -1), slice(1, None)
+        change[tuple(lead)] |= step
+        change[tuple(trail)] |= step
+    return change
 
 
 def simplex_fixed_point(h: BlockParams, rho_start: float = 0.5, attention: str = "finite",
                         n_samples: int = MONTE_CARLO_SAMPLES):
-    """The non-collapsed fixed point (q*, rho* < 1) of the normalized-residual map, or None if the map
-    flows to collapse (lambda_a < 0: the simplex fixed point does not exist).  Solved with scipy's root
-    finder on (q_out - q, p_out - p) from the end of a 40-block trajectory."""
+    """The non-collapsed fixed point (q*, rho* < 1) of the map, or None if the map flows to collapse
+    (lambda_a < 0: the simplex fixed point does not exist).  Solved with scipy's root finder on
+    (q_out - q, p_out - p) from the end of a 40-block trajectory.  The pre-LN block needs the normalized
+    residual (the plain one's norm grows without bound); the post-LN one has q* = 1 with either."""
     from scipy.optimize import root
 
     check_params(h, attention=attention)
     rho_start = real_number("rho_start", rho_start, 0.0, 1.0)
     attention = choice("attention", attention, ("finite", "large_n"))
     n_samples = count("n_samples", n_samples, 1)
-    if h.residual != "normalized":
+    if h.residual != "normalized" and h.placement == "pre":
         raise ValueError("residual='plain' has no fixed point: its norm q grows without bound")
     if exponents(h).angle <= 0:
         return None
     traj = propagate(h, 40, 1.0, rho_start, attention, n_samples)
     kernel = compiled_kernel(h.activation)
-    params = _params_vector(h)
     method = "monte_carlo" if attention == "finite" else "large_n"
 
     def gap(state):
         q, p = state
-        moments = _attention_moments(h.n_tokens, p / q, h.sigma_A, method, n_samples, 0)
-        q1, p1 = _attention_step(q, p, 0.0, 0.0, *moments, 0.0, 0.0, 0.0, 0.0, *params)
-        rho1 = min(1.0, p1 / q1)
-        kv = (kernel.diagonal(h.sigma_w, h.sigma_2), kernel.value(rho1, h.sigma_w, h.sigma_2), 0.0, 0.0)
-        q_out, p_out, _, _ = _block_step(q, p, 0.0, 0.0, *moments, *kv, *params)
+        q_out, p_out, _, _ = _block_forward(h, (q, p, 0.0, 0.0), kernel, method, n_samples, 0)
         return [q_out - q, p_out - p]
 
     sol = root(gap, [traj.q[-1], traj.p[-1]], tol=1e-12)

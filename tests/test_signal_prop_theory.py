@@ -105,6 +105,8 @@ def test_attention_moment_integral_is_printable_and_valid():
     (dict(sigma_w=-1.0), "sigma_w"), (dict(sigma_A=float("nan")), "sigma_A"),
     (dict(alpha_A=1.5), "alpha_A"), (dict(alpha_M=-0.1), "alpha_M"), (dict(n_tokens=1), "n_tokens"),
     (dict(activation="gelu"), "activation"), (dict(residual="pre"), "residual"),
+    (dict(placement="middle"), "placement"), (dict(placement=None), "placement"),
+    (dict(sigma_b=-0.5), "sigma_b"), (dict(sigma_b=float("inf")), "sigma_b"), (dict(sigma_b="1"), "sigma_b"),
 ])
 def test_block_params_validation_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -144,3 +146,138 @@ def test_stable_collapsed_norm_equals_the_solved_one():
     numerator, denominator = sp.fraction(T.q_star_collapse_stable)
     assert all(term.could_extract_minus_sign() is False for term in sp.Add.make_args(sp.expand(numerator))
                + sp.Add.make_args(sp.expand(denominator)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Placement, biases, the sum rule, the Poincare bound and the finite-depth exponents
+# ----------------------------------------------------------------------------------------------------------
+def test_branch_logits_scale_with_the_input_norm():
+    assert T.branch_logit_scaling_check() == (0, 0)
+
+
+def test_pre_ln_block_map_is_the_post_ln_one_without_the_lns():
+    """The two placements share every branch formula: post-LN with its two LNs removed (the sums not divided by
+    their norms) and the branches fed LN'd inputs is the pre-LN map.  Checked through the collapse multipliers
+    of the block map, which both derive: pre-LN's equal the canonical angle_multiplier, gradient_multiplier."""
+    pre = T.collapse_multipliers("pre")
+    assert sp.simplify(pre.angle - T.angle_multiplier) == 0
+    assert sp.simplify(pre.gradient - T.gradient_multiplier) == 0
+    assert sp.simplify(pre.gradient_differential - T.gradient_multiplier_differential) == 0
+
+
+def test_post_ln_block_outputs_unit_norm_and_keeps_collapse():
+    post = T.block_map(placement="post")
+    assert sp.simplify(post.q1 - 1) == 0 and sp.simplify(post.q_out - 1) == 0
+    at_collapse = {**T.attention_moments_at_collapse, T.p: T.q, T.mlp_p: T.mlp_q}
+    assert sp.simplify(post.p_out.subs(at_collapse) - 1) == 0
+    # with both branches off the block is LN itself: rho is kept, the norm reset to 1
+    off = post.p_out.subs({T.alpha_A: 0, T.alpha_M: 0, T.a_A: 1, T.a_M: 1})
+    assert sp.simplify(off - T.p / T.q) == 0
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_branches_at_collapse(placement):
+    """Attention at collapse: output norm sigma_V^2 qhat, common-mode gain sigma_V^2, differential gain 0 (it
+    erases token differences); the MLP: q_M and chi_M on both modes."""
+    attention = T.attention_at_collapse(placement)
+    q_hat = 1 if placement == "pre" else T.q
+    assert sp.simplify(attention.norm - T.sigma_V**2 * q_hat) == 0
+    assert sp.simplify(attention.common_gain - T.sigma_V**2) == 0 and attention.differential_gain == 0
+    mlp = T.mlp_at_collapse()
+    assert (mlp.norm, mlp.common_gain, mlp.differential_gain) == (T.mlp_q, T.mlp_slope, T.mlp_slope)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_sum_rule_is_an_identity(placement):
+    """lambda_g - lambda_a - lambda_q - log(1 + alpha_A^2 sigma_V^2/(a_A^2 q)) = 0 (q = 1 for post-LN), composed
+    from the sublayers and equal to the block map's linearisation; without the attention term it fails."""
+    rule = T.sum_rule(placement)
+    assert rule.residual == 0 and rule.matches_block_map is True
+    assert rule.gain_ratios["mlp"] == 1
+    assert sp.simplify(rule.gain_ratios["attention"] - rule.stated_attention_term) == 0
+    product = rule.angle_multiplier * rule.norm_ratio * rule.stated_attention_term
+    assert sp.simplify(rule.gradient_multiplier - product) == 0
+    assert sp.simplify(rule.gradient_multiplier - rule.angle_multiplier * rule.norm_ratio) != 0
+    assert "limits:" in str(rule) and "a_A > 0" in rule.limits
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_gradient_at_a_stationary_norm_has_the_sign_of_chi_minus_q(placement):
+    excess = T.gradient_at_stationary_norm(placement)          # checked against the multiplier inside
+    assert sp.simplify(excess.subs(T.mlp_slope, T.mlp_q)) == 0
+    positive = {T.mlp_slope: T.mlp_q + sp.Symbol("g", positive=True), T.alpha_M: sp.Symbol("m", positive=True),
+                T.alpha_A: sp.Symbol("A", positive=True)}
+    assert sp.simplify(excess.subs(positive)).is_positive
+
+
+def test_poincare_gap_is_a_sum_of_squares():
+    gap, squares, difference = T.poincare_gap(7)
+    assert difference == 0
+    assert all(coefficient >= 0 for coefficient in sp.Poly(squares).coeffs())
+    assert sp.Poly(squares).coeffs()[0] > 0 and gap.free_symbols     # not vacuous
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_bias_kernel_reduces_to_the_kernel_and_obeys_the_chain_rule(activation):
+    """sigma_b = 0 at an LN'd input is mlp_kernel; the off-diagonal gain is d p_M/d phat (Price's theorem with
+    the chain rule through the pre-activation correlation), and chi_M is it at phat = qhat."""
+    branch, kernel = T.mlp_branch(activation), T.mlp_kernel(activation)
+    no_bias = {T.sigma_b: 0, T.branch_q: 1, T.branch_p: T.rho}
+
+    def same(got, expected):
+        """Equal: SymPy simplifies the difference to 0, or (square roots SymPy cannot split without knowing the
+        radicands' signs) it vanishes to 1e-25 at 30 digits at points inside the domain."""
+        difference = sp.simplify(got - expected)
+        if difference == 0:
+            return True
+        exact = [[sp.Rational(str(v)) for v in row] for row in ((0.3, 0.7, 1.3, 0.4, 1.2), (-0.8, 2.5, 0.6, 1.1, 0.7),
+                                                                (0.95, 1.0, 1.0, 0.0, 1.0))]
+        points = [{T.rho: r, T.sigma_w: w, T.sigma_2: s2, T.sigma_b: b, T.branch_q: qh, T.branch_p: qh * r}
+                  for r, w, s2, b, qh in exact]
+        return all(abs(sp.N(difference.subs(point), 30)) < 1e-25 for point in points)
+
+    for got, expected in ((branch.diagonal, kernel.diagonal), (branch.value, kernel.value),
+                          (branch.derivative, kernel.derivative), (branch.slope, T.mlp_slope_at_collapse(kernel))):
+        assert same(got.subs(no_bias), expected)
+    assert same(branch.derivative, sp.diff(branch.value, T.branch_p))
+    assert same(branch.slope, branch.derivative.subs(T.branch_p, T.branch_q))
+    assert not same(branch.slope, branch.derivative)                       # the check can fail
+    # the output bias adds sigma_b^2 to the Gram: at sigma_w = 0 the branch is b_2 plus a constant phi(b_1) W_2
+    assert sp.simplify(branch.diagonal.subs(T.sigma_w, 0) - branch.value.subs(T.sigma_w, 0)) == 0
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_finite_depth_exponents_unroll_their_sums(placement):
+    """The Sum/Product definitions at L = 3 equal the unrolled expressions; at a fixed point of the
+    collapsed-norm recursion every block is the same, so the finite-depth exponents are one block's."""
+    fd = T.finite_depth_exponents(placement)
+    depth = 3
+    norms = [T.q_input]
+    for _ in range(depth):
+        norms.append(fd.norm_step.subs(T.q, norms[-1]))
+    unrolled = fd.unrolled(depth)
+    for name in ("angle", "gradient", "gradient_frobenius"):
+        summed = getattr(fd, name).subs(T.depth_symbol, depth).doit()
+        summed = summed.subs({T.collapsed_norms[l]: v for l, v in enumerate(norms)})
+        point = {T.q_input: sp.Rational(3, 2), T.a_A: sp.Rational(4, 5), T.a_M: sp.Rational(3, 5),
+                 T.alpha_A: sp.Rational(3, 5), T.alpha_M: sp.Rational(4, 5), T.sigma_V: sp.Rational(7, 10),
+                 T.mlp_q: sp.Rational(1, 3), T.mlp_slope: sp.Rational(5, 4), T.n: 8}
+        assert abs(sp.N(summed.subs(point) - unrolled[name].subs(point), 30)) < 1e-25
+    fixed = sp.solve(sp.Eq(fd.norm_step, T.q), T.q) if placement == "pre" else [1]
+    one_block = T.collapse_multipliers(placement)
+    at_fixed = {T.q_input: fixed[0]}
+    values = {name: e.subs(at_fixed) for name, e in fd.unrolled(2).items()}
+    assert sp.simplify(sp.exp(values["angle"]) - one_block.angle.subs(T.q, fixed[0])) == 0
+    assert sp.simplify(sp.exp(values["gradient"]) - one_block.gradient.subs(T.q, fixed[0])) == 0
+
+
+def test_post_ln_norm_recursion_resets_to_one():
+    fd = T.finite_depth_exponents("post")
+    assert fd.norm_step == 1 and fd.norm_at.subs(T.layer_index, 0) == T.q_input
+    assert fd.norm_at.subs(T.layer_index, 5) == 1
+
+
+def test_theory_signal_prop_prints_the_new_sections(capsys):
+    T.main(["--section", "sum-rule", "poincare"])
+    out = capsys.readouterr().out
+    assert out.count("= 0\n") >= 2 and "linearisation: True" in out and "(computed minus stated: 0 )" in out
