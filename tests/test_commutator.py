@@ -132,6 +132,106 @@ def test_finite_difference_error_against_hvp_shrinks_as_first_order():
     assert float(ratio) == pytest.approx(4.0, rel=0.01)  # ||delta|| ~ eta^2
 
 
+class DropoutNet(torch.nn.Module):
+    """A float64 tanh network with dropout after its hidden layer (p = 0.3), in train mode."""
+
+    def __init__(self, with_batch_norm: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 1)]
+        if with_batch_norm:
+            layers.insert(1, torch.nn.BatchNorm1d(32))
+        self.net = torch.nn.Sequential(*layers).double()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _regression_batches():
+    g = torch.Generator().manual_seed(7)
+    return [(torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randn(16, 1, generator=g,
+                                                                             dtype=torch.float64)) for _ in range(2)]
+
+
+def _mse(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def _one_rng_state_for_both_batches(model, loss_fn, batch_a, batch_b, lr):
+    """The former paths: each started from the same RNG state, so the first batch of either path drew the
+    same dropout mask (A's on path AB, B's on path BA)."""
+    params = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    ends = []
+    for first, second in ((batch_a, batch_b), (batch_b, batch_a)):
+        with torch.no_grad():
+            for p, saved in zip(model.parameters(), params):
+                p.copy_(saved)
+        torch.set_rng_state(rng)
+        for batch in (first, second):
+            grads = torch.autograd.grad(loss_fn(model, batch), list(model.parameters()))
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads):
+                    p.sub_(lr * g)
+        ends.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    with torch.no_grad():
+        for p, saved in zip(model.parameters(), params):
+            p.copy_(saved)
+    torch.set_rng_state(rng)
+    return ends[0] - ends[1]
+
+
+def test_dropout_commutator_is_second_order_in_the_step():
+    """Each batch keeps its own dropout mask on both paths, so ||delta|| = O(eta^2): the log-log slope of
+    ||delta|| over eta is 2 (fitted over 5 halvings; measured 2.00) and ||delta|| / eta^2 settles (the last two
+    halvings change it by < 5%). The former paths, which handed A's mask to B, give slope 1 (||delta|| / eta^2
+    grows as 1 / eta; measured 1.02). The HVP leading term uses the same masks: the relative difference is
+    O(eta) (slope 1, measured 0.99, as for the deterministic model above)."""
+    model, (A, B) = DropoutNet(), _regression_batches()
+    model.train()
+    etas = np.array([0.08, 0.04, 0.02, 0.01, 0.005])
+    rng, params = torch.get_rng_state(), [p.detach().clone() for p in model.parameters()]
+    norms, former, errors = [], [], []
+    for eta in etas:
+        delta = comm.sgd_commutator(model, _mse, A, B, float(eta))
+        hvp = comm.hvp_commutator(model, _mse, A, B, float(eta))
+        norms.append(float(delta.norm()))
+        errors.append(float((delta - hvp).norm() / hvp.norm()))
+        former.append(float(_one_rng_state_for_both_batches(model, _mse, A, B, float(eta)).norm()))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    slope = np.polyfit(np.log(etas), np.log(norms), 1)[0]
+    assert 1.9 < slope < 2.1, (slope, norms)
+    scaled = np.array(norms) / etas ** 2
+    assert abs(scaled[-1] / scaled[-2] - 1) < 0.05 and abs(scaled[-2] / scaled[-3] - 1) < 0.05, scaled
+    former_slope = np.polyfit(np.log(etas), np.log(former), 1)[0]
+    assert 0.85 < former_slope < 1.15, (former_slope, former)  # the test tells the two apart
+    error_order = np.polyfit(np.log(etas), np.log(errors), 1)[0]
+    assert 0.85 < error_order < 1.15, (error_order, errors)
+
+
+def test_buffers_written_in_the_forward_pass():
+    """BatchNorm in train mode updates its running statistics in every forward pass: hvp_commutator refuses it
+    with one ValueError naming the buffers and leaves the model as it was; sgd_commutator restores them (and
+    parameters and RNG state) exactly, as its contract says. In eval mode BatchNorm only reads them: both work
+    and agree to O(eta)."""
+    model, (A, B) = DropoutNet(with_batch_norm=True), _regression_batches()
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"net\.1\.running_mean.*BatchNorm in train mode"):
+        comm.hvp_commutator(model, _mse, A, B, 0.01)
+    delta = comm.sgd_commutator(model, _mse, A, B, 0.01)
+    assert bool(delta.isfinite().all()) and delta.norm() > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    model.eval()
+    fd, hvp = comm.sgd_commutator(model, _mse, A, B, 0.01), comm.hvp_commutator(model, _mse, A, B, 0.01)
+    assert float((fd - hvp).norm() / hvp.norm()) < 0.05
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_float32_in_place_and_float64_copy_agree_roughly():
     model, A, B = _small_model()
     s32 = comm.measure_commutator(model, _loss, A, B, 1e-2)

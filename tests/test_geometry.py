@@ -231,11 +231,11 @@ def test_attention_concentration_metrics():
         g.top_k_mass(uniform, 0)
 
 
-def softmax_entropy_along_a_ray(n_snapshots=41, n_keys=16):
-    """Logits s_j = r u_j for a fixed u with r swept linearly: the entropy falls and saturates near 0."""
+def softmax_entropy_along_a_ray(n_snapshots=41, n_keys=16, r=None):
+    """Logits s_j = r u_j for a fixed u with r swept linearly (or given): the entropy falls and saturates near 0."""
     rng = np.random.default_rng(0)
     u = rng.standard_normal(n_keys)
-    r = np.linspace(0.0, 12.0, n_snapshots)
+    r = np.linspace(0.0, 12.0, n_snapshots) if r is None else r
     logits = np.outer(r, u)
     A = np.exp(logits - logits.max(axis=1, keepdims=True))
     A /= A.sum(axis=1, keepdims=True)
@@ -273,8 +273,12 @@ def test_saturation_fit_respects_entropy_bounds_and_resolution():
 
 
 def test_routing_coordinate_finds_the_tracking_coordinate():
-    r, H = softmax_entropy_along_a_ray()
+    """The entropy along a ray whose length r drifts and fluctuates (a random walk on a linear trend): the
+    candidate -r + noise is found, and its p-value is small because the entropy follows r's fluctuations, which
+    no smooth surrogate reproduces."""
     rng = np.random.default_rng(2)
+    r = 0.5 * np.abs(np.cumsum(rng.standard_normal(41))) + np.linspace(0.0, 8.0, 41)
+    _, H = softmax_entropy_along_a_ray(r=r)
     candidates = rng.standard_normal((len(r), 6))
     candidates[:, 4] = -r + 0.05 * rng.standard_normal(len(r))
     result = g.routing_coordinate(candidates, H, n_permutations=500, seed=0)
@@ -283,18 +287,102 @@ def test_routing_coordinate_finds_the_tracking_coordinate():
     assert result.p_value < 0.01
 
 
+def test_a_monotone_entropy_against_a_monotone_coordinate_is_a_clock():
+    """Entropy along a linear ray and the candidate -r: |rho| = 1, but so is the clock's, and any smooth
+    surrogate of a monotone series is nearly monotone too: not significant (the former block permutation gave
+    p = 0.002 here)."""
+    r, H = softmax_entropy_along_a_ray()
+    rng = np.random.default_rng(2)
+    candidates = rng.standard_normal((len(r), 6))
+    candidates[:, 4] = -r + 0.05 * rng.standard_normal(len(r))
+    result = g.routing_coordinate(candidates, H, n_permutations=500, seed=0)
+    assert result.index == 4 and abs(result.rho) == pytest.approx(abs(result.time_rho), abs=0.01)
+    assert result.p_value > 0.2
+    legacy = g.routing_coordinate(candidates, H, n_permutations=500, block_length=4, seed=0,
+                                  null="block_permutation")
+    assert legacy.p_value < 0.01 and legacy.rho == result.rho
+
+
 def test_routing_coordinate_p_value_is_calibrated_on_noise():
     # independent white-noise candidates and entropy: P(p <= 0.1) ~ 0.1 (100 trials, binomial sd 0.03)
     rng = np.random.default_rng(3)
     p_values = [g.routing_coordinate(rng.standard_normal((30, 5)), rng.standard_normal(30), n_permutations=200,
-                                     block_length=1, seed=s).p_value for s in range(100)]
+                                     seed=s).p_value for s in range(100)]
     assert 0.02 <= np.mean(np.array(p_values) <= 0.1) <= 0.2
+
+
+def test_block_length_belongs_to_the_block_permutation_null():
+    X = np.random.default_rng(4).standard_normal((12, 3))
+    with pytest.warns(UserWarning, match="block_length=3 is ignored"):
+        warned = g.routing_coordinate(X, _H, n_permutations=50, block_length=3, seed=1)
+    plain = g.routing_coordinate(X, _H, n_permutations=50, seed=1)
+    assert (warned.index, warned.p_value) == (plain.index, plain.p_value)
+
+
+def test_dct_sign_flip_surrogates_keep_the_mean_and_every_modes_power():
+    from scipy.fft import dct
+    series = np.cumsum(np.random.default_rng(5).standard_normal(41)) + 3.0
+    surrogates = g.dct_sign_flip_surrogates(series, 200, 0)
+    assert surrogates.shape == (41, 200)
+    np.testing.assert_allclose(surrogates.mean(axis=0), series.mean(), rtol=1e-12)
+    amplitudes = np.abs(dct(surrogates - surrogates.mean(axis=0), axis=0, norm="ortho"))
+    expected = np.abs(dct(series - series.mean(), norm="ortho"))
+    np.testing.assert_allclose(amplitudes, np.broadcast_to(expected[:, None], amplitudes.shape), atol=1e-9)
+    assert np.unique(np.round(surrogates[5], 9)).size > 100  # the signs differ between surrogates
+    np.testing.assert_array_equal(surrogates, g.dct_sign_flip_surrogates(series, 200, np.random.default_rng(0)))
+
+
+def test_a_centred_random_walk_is_diagonal_in_the_dct_basis():
+    """Why sign-flip surrogates are exact for a random-walk entropy: the covariance of a mean-centred walk of n
+    steps is diagonal in the orthonormal DCT-II basis, eigenvalues 1 / (4 sin^2(pi k / 2n))."""
+    from scipy.fft import dct
+    n = 41
+    walk = np.tril(np.ones((n, n - 1)), k=-1)
+    centred = walk - walk.mean(axis=0)
+    basis = dct(np.eye(n), axis=0, norm="ortho")
+    rotated = basis @ centred @ centred.T @ basis.T
+    np.testing.assert_allclose(rotated, np.diag(np.diag(rotated)), atol=1e-10)
+    k = np.arange(1, n)
+    np.testing.assert_allclose(np.diag(rotated)[1:], 1 / (4 * np.sin(np.pi * k / (2 * n)) ** 2), rtol=1e-10)
 
 
 def test_spearman_and_block_permutation():
     assert g.spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)
     order = g.block_permutation(10, 3, np.random.default_rng(0))
     assert sorted(order) == list(range(10))
+
+
+def test_principal_coordinates_from_the_increment_gram_match_those_of_the_trajectory():
+    X = random_walk(ambient_dim=300, n_snapshots=21, seed=4)
+    from_gram = g.pc_coordinates_of_increment_gram(g.increment_gram(X), 5)
+    direct = g.pc_coordinates(X, 5)
+    signs = np.sign(np.sum(from_gram * direct, axis=0))
+    np.testing.assert_allclose(from_gram * signs, direct, atol=1e-9 * np.abs(direct).max())
+
+
+def test_derived_seeds_are_reproducible_and_distinct():
+    seeds = [g.derived_seed(0, block) for block in range(20)] + [g.derived_seed(1, block) for block in range(20)]
+    assert len(set(seeds)) == 40 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert g.derived_seed(0, 3) == g.derived_seed(np.int64(0), np.int64(3))
+    assert g.derived_seed(0, "routing", 2) != g.derived_seed(0, 2)
+
+
+def test_mean_overlap_null_matches_explicit_random_subspaces():
+    """random_mean_pairwise_overlaps (Bartlett-sampled Wishart) against explicit QR bases: equal mean and s.d.
+    within 4 Monte Carlo s.e. (4000 Bartlett and 1000 explicit draws); for two subspaces, the law of a single
+    pair's overlap (random_subspace_overlaps)."""
+    rng = np.random.default_rng(6)
+    for dimension in (400, 10):  # Bartlett (D >= S K) and the small-D path that draws G itself
+        explicit = np.array([g.mean_pairwise_overlap([np.linalg.qr(rng.standard_normal((dimension, 3)))[0]
+                                                      for _ in range(5)]) for _ in range(1000)])
+        drawn = g.random_mean_pairwise_overlaps(dimension, 3, 5, 4000, seed=1)
+        assert drawn.mean() == pytest.approx(3 / dimension, rel=0.02)
+        se = np.sqrt(explicit.var() / explicit.size + drawn.var() / drawn.size)
+        assert abs(explicit.mean() - drawn.mean()) < 4 * se
+        assert explicit.std() == pytest.approx(drawn.std(), rel=0.1)  # s.e. of an s.d. over 1000 draws ~ 3%
+    pairs = g.random_mean_pairwise_overlaps(500, 3, 2, 4000, seed=2)
+    single = g.random_subspace_overlaps(500, 3, 4000, seed=3)
+    np.testing.assert_allclose(np.quantile(pairs, [0.1, 0.5, 0.9]), np.quantile(single, [0.1, 0.5, 0.9]), rtol=0.08)
 
 
 # ---------------------------------------------------------------- bad input -------------------------------
@@ -425,6 +513,26 @@ BAD_API_INPUT = [  # (function, input, call, what the ValueError must say)
      "n_permutations"),
     ("routing_coordinate", "block_length = 0", lambda: face.routing_coordinate(_X[:, :3], _H, 10, 0),
      "block_length"),
+    ("routing_coordinate", "unknown null", lambda: face.routing_coordinate(_X[:, :3], _H, null="shuffle"), "null="),
+    ("dct_sign_flip_surrogates", "2-D series", lambda: face.dct_sign_flip_surrogates(_X, 5, 0), "1-D"),
+    ("dct_sign_flip_surrogates", "NaN", lambda: face.dct_sign_flip_surrogates(_H * np.nan, 5, 0), "series"),
+    ("dct_sign_flip_surrogates", "0 surrogates", lambda: face.dct_sign_flip_surrogates(_H, 0, 0), "n_surrogates"),
+    ("dct_sign_flip_surrogates", "rng = None", lambda: face.dct_sign_flip_surrogates(_H, 5, None), "rng"),
+    ("derived_seed", "run_seed < 0", lambda: face.derived_seed(-1, 0), "run_seed"),
+    ("derived_seed", "key 1.5", lambda: face.derived_seed(0, 1.5), "keys"),
+    ("mean_pairwise_overlap", "one basis", lambda: face.mean_pairwise_overlap([_U]), "at least 2"),
+    ("mean_pairwise_overlap", "not orthonormal", lambda: face.mean_pairwise_overlap([_U, _U * 2]), "orthonormal"),
+    ("random_mean_pairwise_overlaps", "1 subspace", lambda: face.random_mean_pairwise_overlaps(10, 2, 1, 5),
+     "n_subspaces"),
+    ("random_mean_pairwise_overlaps", "k > D", lambda: face.random_mean_pairwise_overlaps(3, 5, 2, 5), "k="),
+    ("random_mean_pairwise_overlaps", "n_draws = 0", lambda: face.random_mean_pairwise_overlaps(10, 2, 2, 0),
+     "n_draws"),
+    ("orientation_comparison", "one basis", lambda: face.orientation_comparison([_U]), "at least 2"),
+    ("orientation_comparison", "NaN basis", lambda: face.orientation_comparison([_U, _U * np.nan]), "V contains NaN"),
+    ("orientation_comparison", "n_draws = 0", lambda: face.orientation_comparison([_U, _U], 0), "n_draws"),
+    ("pc_coordinates_of_increment_gram", "k = 0", lambda: face.pc_coordinates_of_increment_gram(_G, 0), "k="),
+    ("pc_coordinates_of_increment_gram", "not a Gram", lambda: face.pc_coordinates_of_increment_gram(_X, 2),
+     "square"),
     ("saturation_curve", "tau = 0", lambda: face.saturation_curve(_r, 0.0, 1.0, 0.5, 0.0), "tau"),
     ("saturation_curve", "h_min NaN", lambda: face.saturation_curve(_r, np.nan, 1.0, 0.5, 0.1), "h_min"),
     ("fit_saturation", "NaN entropy", lambda: face.fit_saturation(_r, _H * np.nan), "entropy contains NaN"),
@@ -458,7 +566,7 @@ def test_every_reexported_function_has_bad_input_cases():
     import validate.geometry as public
     tried = {f.split(".")[0] for f, _, _, _ in BAD_API_INPUT}
     functions = {name for name in public.__all__ if callable(getattr(public, name))}
-    untried = functions - tried - {"RoutingCoordinate", "SaturationFit"}  # result records, not inputs
+    untried = functions - tried - {"RoutingCoordinate", "SaturationFit", "OverlapComparison"}  # result records
     assert not untried, untried
 
 
@@ -511,7 +619,12 @@ def test_numpy_scalars_are_accepted_where_python_numbers_are():
     assert nulls == face.null_calibration(G, 30, n_draws=5, seed=1)
     assert face.random_subspace_overlaps(np.int64(10), np.int64(2), np.int64(3)).shape == (3,)
     assert face.top_k_mass(_A, np.int64(2)) == pytest.approx(np.full(3, 0.25))
-    assert face.routing_coordinate(X[:, :3], _H, np.int64(10), np.int64(2), np.int64(0)).index in (0, 1, 2)
+    assert face.routing_coordinate(X[:, :3], _H, np.int64(10), seed=np.int64(0)).index in (0, 1, 2)
+    assert face.routing_coordinate(X[:, :3], _H, np.int64(10), np.int64(2), np.int64(0),
+                                   null="block_permutation").index in (0, 1, 2)
+    assert face.derived_seed(np.uint8(3), np.int16(2)) == face.derived_seed(3, 2)
+    assert face.random_mean_pairwise_overlaps(np.int64(10), np.int32(2), np.int8(3), np.int64(4)).shape == (4,)
+    assert face.pc_coordinates_of_increment_gram(G, np.int64(2)).shape == (12, 2)
     assert face.null_increment_gram(G, "random_walk", np.int64(30), np.int64(3)).shape == G.shape
     delta = _commutator_case(np.float32(1e-3))
     assert delta.shape == (4,) and bool(delta.isfinite().all())

@@ -6,9 +6,11 @@
 
   C1 dimension 3-4             r90 per block        vs  r90 against random-walk / shuffled-increment nulls
   C2 robust across seeds, m, C seed and m/C spread  vs  the same spread of the null-corrected dimension
-  C3 orientation varies        top-3 PC overlap     vs  its random-subspace expectation K / n_b
-  C4 routing saturation        entropy drop         vs  routing coordinate (permutation p, clock control,
-                                                        saturation fit R^2 and late-slope ratio)
+  C3 orientation varies        top-3 PC overlap     vs  the mean overlap over as many random subspaces as seeds
+                                                        (per block, p of the mean over all seed pairs)
+  C4 routing saturation        entropy drop         vs  routing coordinate (p against smooth surrogates of the
+                                                        entropy, clock control, saturation fit R^2 and late-slope
+                                                        ratio)
   C5 collapse in first 20-30%  window-r90 collapse  vs  the same windows of the random-walk null
   C6 W_V/W_O below W_Q/W_K     r90 difference       vs  the difference of null-corrected dimensions
   C7 commutators aligned with the execution subspace early (up to 10x random), less late
@@ -25,6 +27,11 @@
        paper: the code's splice (post-final-LN, value positions, head at T-1); null: error-term-keeping
        ablation at the readout position of an intermediate layer, against random latents and dense PCA
 
+Null draws: every block's null (C1, C2, C6), every block's orientation null (C3) and every layer's routing null
+(C4) draws from its own seed, geometry.derived_seed(run seed, ...), so a share over blocks counts independent
+draws. Rows stored before that (one seed for every block of a run) and routing p-values of the former
+block-permutation null are recomputed here from the stored increment Grams (refresh_stored_nulls).
+
 Divergence (DIVERGENCE_POLICY): a run whose loss, weights or measurements leave the finite numbers is left out
 of the claims and counted in a row of its own ("runs"), FAIL whenever any diverged; a claim with no finished
 run left is INFO ("not measured"), so the table and the JSON are written whatever fraction diverged.
@@ -39,10 +46,10 @@ from validate._common.reporting import Verdict
 from validate._execution_manifold import geometry as geo
 from validate._execution_manifold.commutator import ratio
 from validate._execution_manifold.commutator_probe import early_late
-from validate._execution_manifold.part_one import (ORIENTATION_K, block_names, diverged_runs, finished, point_name,
-                                                   stat_matrix)
+from validate._execution_manifold.part_one import block_names, diverged_runs, finished, point_name, stat_matrix
 
 SIGNIFICANCE = 0.05
+ORIENTATION_NULL_DRAWS = 2000  # draws of the mean-overlap null per block: p resolution 1/2001
 DIVERGENCE_POLICY = ("a run whose training loss, weights or measurements (attention, commutators) become NaN or "
                      "inf stops there and is stored as diverged, with its step; it is left out of every claim and "
                      "counted in the 'runs' row, which FAILs when any run diverged; claims with no finished run "
@@ -94,25 +101,71 @@ def not_measured(claims: tuple, why: str) -> list[Verdict]:
 
 
 def orientation_overlaps(results, names, out_dir) -> dict:
-    """Mean pairwise overlap O = ||U_s^T U_s'||_F^2 / K of the top-K PC subspaces across seeds, per block (our
-    measure of the paper's "orientation varies with the seed", which no released script computes)."""
+    """Per block, the mean pairwise overlap O = ||U_s^T U_s'||_F^2 / K of the seeds' top-K PC subspaces against
+    the mean over as many random subspaces (geometry.orientation_comparison; our measure of the paper's
+    "orientation varies with the seed", which no released script computes). Each block's null draws from its
+    own seed, derived from the first seed's and the block's index."""
     directions = [np.load(os.path.join(out_dir, r["arrays"])) for r in results]
     per_block = {}
-    for name in names:
+    for index, name in enumerate(names):
         bases = [d[f"dir:{name}"].astype(np.float64) for d in directions]
-        pairs = [geo.subspace_overlap(bases[i], bases[j]) for i in range(len(bases))
-                 for j in range(i + 1, len(bases))]
-        per_block[name] = float(np.mean(pairs)) if pairs else float("nan")
+        per_block[name] = geo.orientation_comparison(
+            bases, n_draws=ORIENTATION_NULL_DRAWS, seed=geo.derived_seed(results[0]["seed"], "orientation", index))
     return per_block
+
+
+def _routing_candidates(result, layer: int, arrays) -> np.ndarray:
+    """The candidates part one's routing_for_layer searched, from the stored increment Grams: the top-r_q
+    principal coordinates of the layer's W_Q and W_K trajectories (each up to its sign, which |rho| ignores)."""
+    columns = []
+    for kind in ("W_Q", "W_K"):
+        name = f"L{layer}.{kind}"
+        gram = arrays[f"gram:{name}"]
+        k = int(max(1, min(result["blocks"][name]["r_q"], gram.shape[0])))
+        columns.append(geo.pc_coordinates_of_increment_gram(gram, k))
+    return np.concatenate(columns, axis=1)
+
+
+def refresh_stored_nulls(config, runs: dict, out_dir: str) -> None:
+    """Bring stored per-seed results up to the current nulls, in place, from the increment Grams saved beside
+    them: (a) block nulls drawn with one seed for every block of a run (no "null_seed" in the block's summary)
+    are drawn again, each block from geometry.derived_seed(seed, block index); (b) routing p-values of the
+    former block-permutation null (no "null" in the routing record) are recomputed with routing_coordinate's
+    default null, each layer from derived_seed(seed, "routing", layer); the stored value is kept as
+    "p_value_as_stored". Rows that already carry both are left as they are."""
+    names = block_names(config.run.n_layers)
+    for results in runs.values():
+        for result in results:
+            stale_blocks = [name for name in names if "null_seed" not in result["blocks"][name]]
+            stale_routing = [r for r in result["routing"] if "null" not in r]
+            if not stale_blocks and not stale_routing:
+                continue
+            arrays = np.load(os.path.join(out_dir, result["arrays"]))
+            for name in stale_blocks:
+                seed = geo.derived_seed(result["seed"], names.index(name))
+                nulls = geo.null_calibration(arrays[f"gram:{name}"], arrays[f"dir:{name}"].shape[0], q=config.q,
+                                             n_draws=config.null_draws, seed=seed)
+                result["blocks"][name]["nulls"] = {kind: {stat: c.as_dict() for stat, c in stats.items()}
+                                                   for kind, stats in nulls.items()}
+                result["blocks"][name]["null_seed"] = seed
+            for routing in stale_routing:
+                layer = routing["layer"]
+                found = geo.routing_coordinate(_routing_candidates(result, layer, arrays),
+                                               np.array(result["attention"]["entropy"][layer]),
+                                               seed=geo.derived_seed(result["seed"], "routing", layer))
+                routing["p_value_as_stored"] = routing["p_value"]
+                routing["p_value"], routing["null"] = found.p_value, geo.ROUTING_NULLS[0]
 
 
 def part_one_claims(config, runs: dict, out_dir: str) -> tuple[list[Verdict], dict]:
     """The verdict rows of C1-C6 and the aggregated metrics behind them, from run_part_one's `runs` (config: its
     PartOneConfig; out_dir: where its per-seed arrays are). Diverged runs are left out and counted
-    (DIVERGENCE_POLICY); the metrics list them under "diverged"."""
+    (DIVERGENCE_POLICY); the metrics list them under "diverged". Stored results drawn with the former nulls are
+    refreshed in place first (refresh_stored_nulls)."""
     diverged = diverged_runs(runs)
     count = divergence_rows("part one", diverged, sum(len(r) for r in runs.values()), PART_ONE_CLAIMS)
     runs = {key: finished(results) for key, results in runs.items() if finished(results)}
+    refresh_stored_nulls(config, runs, out_dir)
     main_key = point_name(config.run.markers, config.run.modulus)
     if main_key not in runs:
         return count + not_measured(PART_ONE_CLAIMS, f"every run of {main_key} diverged"), {"diverged": diverged}
@@ -197,22 +250,23 @@ def _part_one_rows(config, runs: dict, main_key: str, out_dir: str) -> tuple[lis
 
     # C3 orientation varies with the seed --------------------------------------------------------------------
     if n_seeds > 1:
-        overlaps = orientation_overlaps(main, names, out_dir)
-        block_dim = config.run.d_model ** 2
-        random_overlaps = geo.random_subspace_overlaps(block_dim, ORIENTATION_K, n_draws=200, seed=0)
-        observed = np.array(list(overlaps.values()))
-        p_high = np.array([(1 + np.sum(random_overlaps >= o)) / (1 + random_overlaps.size) for o in observed])
-        expectation = ORIENTATION_K / block_dim
-        metrics["orientation_overlap_per_block"] = overlaps
+        comparisons = orientation_overlaps(main, names, out_dir)
+        observed = np.array([c.observed for c in comparisons.values()])
+        p_high = np.array([c.p_high for c in comparisons.values()])
+        expectation = float(np.mean([c.expectation for c in comparisons.values()]))
+        metrics["orientation_overlap_per_block"] = {name: c.observed for name, c in comparisons.items()}
+        metrics["orientation_p_high_per_block"] = {name: c.p_high for name, c in comparisons.items()}
         metrics["orientation_random_expectation"] = expectation
         rows.append(_verdict("C3 orientation varies", "paper", "top-3 PC overlap O across seeds",
                              "O << 1", f"{observed.mean():.4f} (max block {observed.max():.4f})",
                              "O <= 0.5", observed.mean() <= 0.5))
         fraction_above = float(np.mean(p_high < SIGNIFICANCE))
-        rows.append(_verdict("C3 orientation varies", "null", "O / random expectation K/n_b",
+        pairs = n_seeds * (n_seeds - 1) // 2
+        rows.append(_verdict("C3 orientation varies", "null", "mean O over seed pairs / random expectation K/n_b",
                              "~ 1 in most blocks",
                              f"{observed.mean() / expectation:.1f}x; {fraction_above:.2f} of blocks above",
-                             f"p < {SIGNIFICANCE}; K/n_b {expectation:.1e}", fraction_above < 0.5))
+                             f"p < {SIGNIFICANCE} vs the mean over {pairs} pairs of random subspaces; "
+                             f"K/n_b {expectation:.1e}", fraction_above < 0.5))
     else:
         rows.append(_verdict("C3 orientation varies", "paper", "overlap across seeds", "O << 1", "one seed only",
                              "-", None))
@@ -228,7 +282,8 @@ def _part_one_rows(config, runs: dict, main_key: str, out_dir: str) -> tuple[lis
     passes = [l["p_value"] < SIGNIFICANCE and l["saturation"]["r_squared"] >= 0.8
               and l["saturation"]["late_slope_ratio"] <= 0.1 and abs(l["rho"]) > abs(l["time_rho"])
               for l in last]
-    rows.append(_verdict("C4 routing saturation", "null", "routing coordinate vs entropy (medians)",
+    rows.append(_verdict("C4 routing saturation", "null",
+                         "routing coordinate vs entropy (medians; p against smooth surrogates of the entropy)",
                          "p<.05 R2>=.8 S<=.1 |rho|>clock",
                          f"|rho| {np.median([abs(l['rho']) for l in last]):.2f} "
                          f"(clock {np.median([abs(l['time_rho']) for l in last]):.2f}) "

@@ -118,6 +118,18 @@ def _add_flat_(parameters, flat: torch.Tensor, scale: float) -> None:
             offset += n
 
 
+def _rng_state() -> tuple:
+    """The CPU RNG state and, where CUDA is present, every CUDA device's: what dropout draws its masks from."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 class _Restorer:
     """Saves parameters, buffers and the RNG states; `reset()` puts them back exactly (bit for bit)."""
 
@@ -125,8 +137,7 @@ class _Restorer:
         self.model = model
         self.parameters = [p.detach().clone() for p in model.parameters()]
         self.buffers = [b.detach().clone() for b in model.buffers()]
-        self.cpu_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.rng = _rng_state()
 
     def reset(self) -> None:
         with torch.no_grad():
@@ -134,17 +145,17 @@ class _Restorer:
                 p.copy_(saved)
             for b, saved in zip(self.model.buffers(), self.buffers):
                 b.copy_(saved)
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        _set_rng_state(self.rng)
 
 
 def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch.dtype | None = None
                        ) -> CommutatorSample:
     """theta_AB - theta_BA with the gradients g_A, g_B at theta (Xu 2026, section 3.3.2).
 
-    Both paths start from the same parameters, buffers and RNG state (so dropout draws match), and all three
-    are restored exactly afterwards. dtype=None steps the model itself in its own precision, as the paper's
+    Both paths start from the same parameters and buffers, and each batch draws its random numbers from the
+    same RNG state on both paths (batch A from the state the model came with, batch B from the state after A's
+    gradient), so a dropout net keeps each batch's mask and delta stays O(lr^2); parameters, buffers and RNG
+    state are restored exactly afterwards. dtype=None steps the model itself in its own precision, as the paper's
     code does; dtype=torch.float64 works on a float64 copy, which removes the float32 round-off of
     theta_AB - theta_BA (a difference of two O(1) vectors that agree to O(lr^2)).
 
@@ -154,25 +165,33 @@ def measure_commutator(model, loss_fn, batch_a, batch_b, lr: float, dtype: torch
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters: there is nothing for an SGD step to move")
     if dtype is not None:
-        rng = torch.get_rng_state()
+        rng = _rng_state()
         working = copy.deepcopy(model).to(dtype)
         sample = measure_commutator(working, loss_fn, batch_a, batch_b, lr, dtype=None)
-        torch.set_rng_state(rng)
+        _set_rng_state(rng)
         return sample
     parameters = [p for p in model.parameters()]
     saved = _Restorer(model)
+    where_after = f"after one SGD step of lr = {lr:g} (use a smaller lr)"
     try:
-        paths = []
-        for first, second in ((batch_a, batch_b), (batch_b, batch_a)):
-            saved.reset()
-            g_first = _flat_gradient(model, loss_fn, first, parameters)
-            _add_flat_(parameters, g_first, -lr)
-            g_second = _flat_gradient(model, loss_fn, second, parameters,
-                                      f"after one SGD step of lr = {lr:g} (use a smaller lr)")
-            _add_flat_(parameters, g_second, -lr)
-            end = torch.cat([p.detach().reshape(-1) for p in parameters]).clone()
-            paths.append((end, g_first))
-        (theta_ab, grad_a), (theta_ba, grad_b) = paths
+        # Each batch draws its random numbers (dropout masks) from its own RNG state on both paths: batch A from
+        # the state the model came with, batch B from the state after batch A's gradient at theta (what a
+        # training step on A then B would give it). Without this, the second path hands A's mask to B and the
+        # two paths differ already at O(lr): delta / lr^2 would grow as 1 / lr.
+        rng_a = saved.rng
+        grad_a = _flat_gradient(model, loss_fn, batch_a, parameters)
+        rng_b = _rng_state()
+        _add_flat_(parameters, grad_a, -lr)
+        _set_rng_state(rng_b)
+        _add_flat_(parameters, _flat_gradient(model, loss_fn, batch_b, parameters, where_after), -lr)
+        theta_ab = torch.cat([p.detach().reshape(-1) for p in parameters]).clone()
+        saved.reset()
+        _set_rng_state(rng_b)
+        grad_b = _flat_gradient(model, loss_fn, batch_b, parameters)
+        _add_flat_(parameters, grad_b, -lr)
+        _set_rng_state(rng_a)
+        _add_flat_(parameters, _flat_gradient(model, loss_fn, batch_a, parameters, where_after), -lr)
+        theta_ba = torch.cat([p.detach().reshape(-1) for p in parameters]).clone()
     finally:
         saved.reset()
     delta = theta_ab - theta_ba
@@ -208,34 +227,77 @@ class _LossModule(torch.nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+def _buffer_record(model) -> dict:
+    """Each buffer's identity, in-place version counter and value: a forward pass that writes a buffer changes
+    one of them (native kernels such as batch_norm update running statistics without bumping the counter)."""
+    return {name: (id(b), b._version, b.detach().clone()) for name, b in model.named_buffers()}
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and entries, NaN equal to NaN (a buffer holding NaN is unchanged if it still does)."""
+    return a.shape == b.shape and bool(((a == b) | ((a != a) & (b != b))).all())
+
+
+def _rng_state_after_forward(model, loss_fn: Callable, batch_a, batch_b, saved: "_Restorer") -> tuple:
+    """The RNG state batch B draws from (the state after loss_fn on batch A, as in measure_commutator); a
+    ValueError where loss_fn writes a buffer (BatchNorm in train mode: running statistics), which the
+    Hessian-vector products of torch.func cannot differentiate through."""
+    before = _buffer_record(model)
+    loss_fn(model, batch_a)
+    rng_b = _rng_state()
+    loss_fn(model, batch_b)
+    after = _buffer_record(model)
+    changed = [name for name in before.keys() | after.keys()
+               if name not in before or name not in after or before[name][:2] != after[name][:2]
+               or not _same_values(before[name][2], after[name][2])]
+    if changed:
+        saved.reset()
+        raise ValueError(f"model: loss_fn changes the buffer(s) {', '.join(sorted(changed))} in its forward pass "
+                         "(e.g. BatchNorm in train mode updates its running statistics); hvp_commutator needs a "
+                         "forward pass that only reads its buffers: put such modules in eval mode, or use "
+                         "sgd_commutator, which restores buffers after each path")
+    return rng_b
+
+
 def hvp_commutator(model, loss_fn: Callable, batch_a, batch_b, lr: float) -> torch.Tensor:
     """The leading term of theory.commutator, eta^2 (H_B g_A - H_A g_B), evaluated product by product with
     forward-over-reverse Hessian-vector products (torch.func.jvp of torch.func.grad). Flat, in the order of
-    model.parameters(); the model is not modified."""
+    model.parameters(); the model's parameters, buffers and RNG state are left as they were.
+
+    Each batch draws its random numbers (dropout masks) from the RNG state sgd_commutator gives it (batch A:
+    the current state; batch B: the state after one forward pass on batch A), so the two agree to O(lr^3) on a
+    dropout net too. ValueError for an lr that is not a finite number > 0, or a loss_fn that changes a buffer
+    in its forward pass (BatchNorm in train mode)."""
     from torch.func import functional_call, grad, jvp
 
     lr = checks.real("lr", lr, minimum=0.0, above=True)
+    saved = _Restorer(model)
+    rng_b = _rng_state_after_forward(model, loss_fn, batch_a, batch_b, saved)
+    saved.reset()
 
     wrapper = _LossModule(model, loss_fn)
     names = [f"model.{n}" for n, _ in model.named_parameters()]
     params = {n: p.detach() for n, (_, p) in zip(names, model.named_parameters())}
-    batches = {"A": batch_a, "B": batch_b}
-    rng = torch.get_rng_state()
+    batches = {"A": (batch_a, saved.rng), "B": (batch_b, rng_b)}
 
-    def loss_of(batch):
+    def loss_of(name):
+        batch, state = batches[name]
+
         def f(p):
-            torch.set_rng_state(rng)  # the same dropout draws as the finite-difference paths
+            _set_rng_state(state)  # the same dropout draws as the finite-difference paths
             return functional_call(wrapper, p, (batch,))
         return f
 
-    gradients = {x: grad(loss_of(batches[x]))(params) for x in batches}
-    total = None
-    for coefficient, hessian_name, gradient_name in theory.bracket_products():
-        hessian_of, vector = hessian_name[-1], gradients[gradient_name[-1]]
-        _, product = jvp(grad(loss_of(batches[hessian_of])), (params,), (vector,))
-        term = float(coefficient.subs(theory.eta, lr)) * torch.cat([product[n].reshape(-1) for n in names])
-        total = term if total is None else total + term
-    torch.set_rng_state(rng)
+    try:
+        gradients = {x: grad(loss_of(x))(params) for x in batches}
+        total = None
+        for coefficient, hessian_name, gradient_name in theory.bracket_products():
+            hessian_of, vector = hessian_name[-1], gradients[gradient_name[-1]]
+            _, product = jvp(grad(loss_of(hessian_of)), (params,), (vector,))
+            term = float(coefficient.subs(theory.eta, lr)) * torch.cat([product[n].reshape(-1) for n in names])
+            total = term if total is None else total + term
+    finally:
+        saved.reset()
     return total
 
 

@@ -166,6 +166,7 @@ def _block_summary(gram, ambient_dim: int, q: float, null_draws: int, seed: int)
     summary["entropy_rank_code"] = float(np.exp(-np.sum(p * np.log(p))))
     nulls = geo.null_calibration(gram, ambient_dim, q=q, n_draws=null_draws, seed=seed)
     summary["nulls"] = {kind: {stat: c.as_dict() for stat, c in stats.items()} for kind, stats in nulls.items()}
+    summary["null_seed"] = seed  # claims.refresh_stored_nulls redraws summaries stored without one
     return summary
 
 
@@ -272,13 +273,17 @@ class SeedRun:
         steps = run.snapshot_steps
         grams = {name: geo.increment_gram(X) for name, X in run.trajectories.items()}
         dims = {name: X.shape[1] for name, X in run.trajectories.items()}
-        blocks = {name: _block_summary(grams[name], dims[name], cfg.q, cfg.null_draws, seed)
-                  for name in grams}
+        # every null draws from its own seed (shares over blocks count independent draws; seed + 1 was the next
+        # seed's run): the block's index, "joint", "window" under the run's seed (geometry.derived_seed)
+        names = block_names(cfg.run.n_layers)
+        blocks = {name: _block_summary(grams[name], dims[name], cfg.q, cfg.null_draws,
+                                       geo.derived_seed(seed, names.index(name))) for name in grams}
         joint_gram = sum(grams.values())
         joint_dim = sum(dims.values())
-        joint = _block_summary(joint_gram, joint_dim, cfg.q, cfg.null_draws, seed)
+        joint = _block_summary(joint_gram, joint_dim, cfg.q, cfg.null_draws, geo.derived_seed(seed, "joint"))
         window_curve = geo.window_dimension_curve(joint_gram, cfg.window, cfg.q)
-        window_null = _window_null(joint_gram, joint_dim, cfg.window, cfg.q, cfg.null_draws, seed + 1)
+        window_null = _window_null(joint_gram, joint_dim, cfg.window, cfg.q, cfg.null_draws,
+                                   geo.derived_seed(seed, "window"))
         collapse = geo.collapse_index(window_curve, window_curve[-1])
         null_collapse = [geo.collapse_index(c, c[-1]) for c in window_null]
         null_sd = np.maximum(window_null.std(axis=0, ddof=1), 0.5)  # r_q is an integer: sd floor of half a unit
@@ -332,11 +337,10 @@ class SeedRun:
             columns.append(coordinates)
             names += [f"{name}.PC{j + 1}" for j in range(k)]
         candidates = np.concatenate(columns, axis=1)
-        found = geo.routing_coordinate(candidates, entropy, n_permutations=2000,
-                                       block_length=max(2, len(steps) // 10), seed=seed)
+        found = geo.routing_coordinate(candidates, entropy, seed=geo.derived_seed(seed, "routing", layer))
         fit = _saturation_fit(found.coordinate, entropy, self.config.run.seq_len)
         return {"layer": layer, "coordinate_name": names[found.index], "rho": found.rho,
-                "p_value": found.p_value, "time_rho": found.time_rho, "saturation": fit,
+                "p_value": found.p_value, "null": geo.ROUTING_NULLS[0], "time_rho": found.time_rho, "saturation": fit,
                 "entropy_start": float(entropy[0]), "entropy_min": float(entropy.min()),
                 "entropy_final": float(entropy[-1]), "coordinate": found.coordinate}
 
