@@ -2,8 +2,9 @@
 
 Cowsik, Nebabu, Qi, Ganguli (2024), arXiv:2403.02579: token geometry through a deep transformer at
 initialization follows an n-particle map, with an angle exponent (ordered vs chaotic phase) and a gradient
-exponent. For each setting (ordered and chaotic phases, both residual forms), --networks random canonical
-transformers of width d are drawn per seed value (all pooled), and
+exponent. For each setting, --networks random transformers of width d are drawn per seed value (all pooled).
+Trajectory settings (ordered and chaotic phases of both residual forms of the canonical pre-LN block; post-LN
+without and with MLP biases; pre-LN with MLP biases):
   1. a simplex (q0, rho0) of n tokens is pushed through each: q, p, rho after every block, compared with
      sim.signal_prop.propagate (finite-n attention);
   2. the end-to-end Jacobian growth E|dX_l/dX_0|_F^2 / (n d) is measured with Jacobian-vector products on
@@ -11,9 +12,15 @@ transformers of width d are drawn per seed value (all pooled), and
   3. both exponents are measured on one block at the collapsed state with JVPs (a zero-mean differential
      probe for the angle exponent, a common-mode probe for the gradient exponent), compared with
      sim.signal_prop.exponents.
+Finite-depth settings (normalized residual, alpha_A = alpha_M = 0.25, points of the (sigma_V, sigma_w) plane,
+one of them where sim.signal_prop.critical_point(..., depth=--depth, q0=--q0) puts the crossing of the
+common-mode exponents): the per-block exponents of a depth-L network fed n identical tokens of norm q0,
+sim.signal_prop.exponents(h, depth=L, q0=q0), against float64 networks: the angle exponent from the forward
+growth of a tiny token spread, (1/L) log(epsilon_L/epsilon_0), the common-mode and the Frobenius gradient
+exponents from JVPs with common-mode and isotropic tangents, (1/L) log(|J v|^2/|v|^2).
 Tolerances: 3 standard errors of the mean over networks, with a floor for the finite-width bias in the
 per-layer checks: |rho_th - rho| <= max(0.03, 3 SE), |q_th/q - 1| <= max(5%, 3 SE), Jacobian growth
-max(10%, 3 SE) relative, exponents 3 SE.
+max(10%, 3 SE) relative, one-block exponents 3 SE, finite-depth exponents max(0.01, 3 SE).
 
 Out of float32 range: the networks run in float32, so extreme inputs (q0 near 1e-40 or 1e38) can overflow or
 underflow. Each network whose q, rho, Jacobian growth or exponent becomes NaN, inf (or zero, for q and the
@@ -25,8 +32,9 @@ Every input is checked before any compute (exit 2 and one line naming it): sizes
 q0 > 0 and finite (and in the range sim's theory evaluates), rho0 in [0, 1), distinct known settings, seeds, the
 device, --out.
 
-Writes --out/signal_prop.json and --out/signal_prop.png; figures/signal_prop.png is updated only by the default
-experiment (the defaults, wherever it runs) or with --update-figures.
+Writes --out/signal_prop.json, --out/signal_prop.png (trajectory settings) and --out/signal_prop_finite_depth.png
+(finite-depth settings: the log growth after every block, theory against torch); figures/ is updated only by the
+default experiment (the defaults, wherever it runs) or with --update-figures.
 """
 from __future__ import annotations
 
@@ -34,12 +42,16 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from validate._common import cli
+from validate._common import figure_style as fs
 from validate._common.reporting import (format_table, make_record, progress, publish_figures,
                                         save_figure, summary_line, write_record)
 from validate._signal_prop.figures import signal_prop_figure
-from validate._signal_prop.propagation_experiment import (SETTINGS, SignalPropConfig, evaluate_setting,
-                                                          same_experiment, setting_theory, verdict_rows)
+from validate._signal_prop.propagation_experiment import (ALL_SETTINGS, FINITE_DEPTH_LABELS, SignalPropConfig,
+                                                          evaluate_setting, same_experiment, setting_theory,
+                                                          verdict_rows)
 
 COMMAND = "signal_prop"
 QUICK = {"width": 256, "depth": 8, "networks": 4, "probes": 2}
@@ -65,18 +77,56 @@ def run(cfg: SignalPropConfig, *, argv=(), quiet: bool = False, update_figures: 
     with progress(len(cfg.settings) * len(cfg.network_seeds()), "networks", quiet) as bar:
         for name in cfg.settings:
             results[name] = evaluate_setting(name, cfg, bar, theory[name])
-    figure = save_figure(signal_prop_figure(results, cfg), cfg.out, "signal_prop.png", dpi=110)
-    published = publish_figures([figure], update_figures or same_experiment(cfg, SignalPropConfig()), figures_dir)
-    record = make_record(COMMAND, argv, cfg, results, verdict_rows(results),
-                         {"total": time.perf_counter() - start}, figures=[figure, *published])
+    rows = verdict_rows(results)
+    trajectories = {name: r for name, r in results.items() if r["kind"] == "trajectory"}
+    finite_depth = {name: r for name, r in results.items() if r["kind"] == "finite_depth"}
+    figures = []
+    if trajectories:
+        figures.append(save_figure(signal_prop_figure(trajectories, cfg), cfg.out, "signal_prop.png", dpi=110))
+    if finite_depth:
+        figure = finite_depth_figure(finite_depth, cfg, [r for r in rows if r.claim in finite_depth])
+        fs.finish(figure, fs.command_line(f"validate.{COMMAND}", argv if argv else None))
+        figures.append(save_figure(figure, cfg.out, "signal_prop_finite_depth.png", **fs.SAVE_KWARGS))
+    published = publish_figures(figures, update_figures or same_experiment(cfg, SignalPropConfig()), figures_dir)
+    record = make_record(COMMAND, argv, cfg, results, rows,
+                         {"total": time.perf_counter() - start}, figures=[*figures, *published])
     write_record(record, cfg.out)
     return record
+
+
+def finite_depth_figure(results: dict, cfg: SignalPropConfig, rows: list):
+    """One panel per finite-depth setting: the log growth after l blocks (l times the depth-l exponent) of the
+    token spread epsilon, the common-mode and the Frobenius Jacobian, theory (lines) against torch (mean ± SE
+    over the networks), with the setting's verdicts."""
+    fig, axes = fs.subplots(1, len(results), squeeze=False)
+    colours = {"angle": "C0", "gradient": "C3", "gradient_frobenius": "C2"}
+    for ax, (name, r) in zip(axes[0], results.items()):
+        layers = np.arange(r["depth"] + 1)
+        for k, label in FINITE_DEPTH_LABELS.items():
+            ax.plot(layers, r["theory"]["log_growth"][k], "-", color=colours[k], label=f"{label}: theory")
+            measured = r["measured_log_growth"][k]
+            ax.errorbar(layers, measured["mean"], yerr=measured["se"], fmt="o", color=colours[k], ms=3,
+                        label=f"torch, {fs.spread_label('s.e.m.', len(cfg.network_seeds()), 'networks')}"
+                        if k == "angle" else None)
+        ax.axhline(0.0, color="0.6", lw=0.7)
+        p = r["params"]
+        ax.set_title(f"{name}\n$\\sigma_V$ = {p['sigma_V']:.4g}, $\\sigma_w$ = {p['sigma_w']:.4g}", loc="left")
+        for row, k in zip((row for row in rows if row.claim == name), FINITE_DEPTH_LABELS):
+            fs.verdict_badge(ax, row, {"angle": "$\\lambda_a$", "gradient": "$\\lambda_g$",
+                                       "gradient_frobenius": "$\\lambda_F$"}[k])
+        ax.set_xlabel("block l")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("log growth after l blocks")
+            ax.legend(fontsize=6.5)
+    fig.suptitle(f"Finite-depth exponents: random networks (width {cfg.width}, n = {cfg.n_tokens}, float64) fed "
+                 f"{cfg.n_tokens} identical tokens of norm q0 = {cfg.q0:g}")
+    return fig
 
 
 def build_parser():
     parser = cli.command_parser(COMMAND, __doc__)
     cli.add_config_flags(parser.add_argument_group("the networks and their inputs"), SignalPropConfig(), FLAGS,
-                         choices={"settings": tuple(SETTINGS)})
+                         choices={"settings": ALL_SETTINGS})
     cli.add_common_flags(parser, COMMAND, seeds=SignalPropConfig.seeds,
                          quick="smoke preset: width 256, depth 8, 4 networks, 2 probes",
                          seeds_help="seed values; each draws --networks random networks per setting, all pooled")

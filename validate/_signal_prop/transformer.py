@@ -1,14 +1,19 @@
 """The canonical signal-propagation block as a PyTorch module, read top to bottom: our reconstruction of the
 block of Cowsik et al. (2024), whose exact parametrization the public abstract does not give.
 
-Same parametrisation and names as `theory.signal_prop.BlockParams`:
+Same parametrisation and names as `theory.signal_prop.BlockParams`. placement="pre" (the default):
 
     H = LN(X);  S = (H W_Q)(H W_K)^T / sqrt(d);  A = softmax(S) over keys (no mask)
     X <- a_A X + alpha_A * A H W_V
-    H = LN(X);  X <- a_M X + alpha_M * phi(H W_1) W_2
+    H = LN(X);  X <- a_M X + alpha_M * (phi(H W_1 + b_1) W_2 + b_2)
+
+placement="post" (LN after each residual sum, as in the original transformer): each sublayer F reads the
+stream itself and X <- LN(a X + alpha F(X)), i.e. H = X in both sublayers above and the sums are LN'd.
 
 LN(x) = sqrt(d) x / |x| (no centring, no gain).  W_Q, W_K ~ N(0, sigma_A/d), W_V ~ N(0, sigma_V^2/d),
-W_1 ~ N(0, sigma_w^2/d), W_2 ~ N(0, sigma_2^2/d_ff).  a = 1 ("plain") or sqrt(1 - alpha^2) ("normalized").
+W_1 ~ N(0, sigma_w^2/d), W_2 ~ N(0, sigma_2^2/d_ff), MLP biases b_1 (d_ff), b_2 (d) ~ N(0, sigma_b^2); with
+sigma_b = 0 the block has no bias parameters at all (the same parameters, draws and arithmetic as without the
+option).  a = 1 ("plain") or sqrt(1 - alpha^2) ("normalized").
 """
 from __future__ import annotations
 
@@ -58,6 +63,11 @@ class CanonicalBlock(nn.Module):
         self.W_V = nn.Parameter(torch.empty(width, width))
         self.W_1 = nn.Parameter(torch.empty(width, d_ff))
         self.W_2 = nn.Parameter(torch.empty(d_ff, width))
+        if params.sigma_b > 0:       # no bias parameters at sigma_b = 0: parameters and draws as without biases
+            self.b_1 = nn.Parameter(torch.empty(d_ff))
+            self.b_2 = nn.Parameter(torch.empty(width))
+        else:
+            self.b_1 = self.b_2 = None
         self.phi = torch_activation(params.activation)
         self.reset_parameters()
 
@@ -67,21 +77,29 @@ class CanonicalBlock(nn.Module):
         std = {"W_Q": math.sqrt(h.sigma_A / d), "W_K": math.sqrt(h.sigma_A / d),
                "W_V": h.sigma_V / math.sqrt(d), "W_1": h.sigma_w / math.sqrt(d),
                "W_2": h.sigma_2 / math.sqrt(self.d_ff)}
+        if self.b_1 is not None:     # after the weights: a seed draws the same weights with or without biases
+            std.update(b_1=h.sigma_b, b_2=h.sigma_b)
         for name, s in std.items():
             getattr(self, name).normal_(0.0, s, generator=generator)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        h = layer_norm(x)                                                 # (..., n, d)
+    def attention(self, h: torch.Tensor) -> torch.Tensor:
+        """A H W_V of the sublayer input H (..., n, d): LN(X) before the sum ("pre"), X itself ("post")."""
         logits = (h @ self.W_Q) @ (h @ self.W_K).transpose(-1, -2) / math.sqrt(self.width)
         return torch.softmax(logits, dim=-1) @ h @ self.W_V               # (..., n, d)
 
-    def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.phi(layer_norm(x) @ self.W_1) @ self.W_2
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """phi(H W_1 + b_1) W_2 + b_2 of the sublayer input H, tokenwise."""
+        if self.b_1 is None:
+            return self.phi(h @ self.W_1) @ self.W_2
+        return self.phi(h @ self.W_1 + self.b_1) @ self.W_2 + self.b_2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.params
-        x = h.skip_A * x + h.alpha_A * self.attention(x)
-        return h.skip_M * x + h.alpha_M * self.mlp(x)
+        if h.placement == "post":
+            x = layer_norm(h.skip_A * x + h.alpha_A * self.attention(x))
+            return layer_norm(h.skip_M * x + h.alpha_M * self.mlp(x))
+        x = h.skip_A * x + h.alpha_A * self.attention(layer_norm(x))
+        return h.skip_M * x + h.alpha_M * self.mlp(layer_norm(x))
 
 
 class CanonicalTransformer(nn.Module):
