@@ -1,4 +1,5 @@
-"""The phase-diagram pipeline: the task's exact losses, batched training, the CLI, Dask vs local sweeps."""
+"""The phase-diagram pipeline: the task's exact losses, batched training, the verdict logic on synthetic loss maps,
+the CLI of both experiments, Dask vs local sweeps."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from theory.signal_prop import BlockParams
 from validate._common.sweep import SweepStore, run_sweep
 from validate._signal_prop.batched_train import (StackedPhaseModels, TrainConfig, TrainPoints, _Block, _LayerNorm,
                                                  build_models, params_at, train_batched, train_sequential)
-from validate._signal_prop.phase_experiment import PhaseDiagramConfig, same_experiment
+from validate._signal_prop.phase_analysis import (distances_to, learning_rate_choice, on_zero_curve,
+                                                  simultaneous_vanishing, zero_crossings, zero_curve)
+from validate._signal_prop.phase_experiment import PhaseDiagramConfig, default_config, same_experiment
 from validate._signal_prop.phase_task import HistogramTask
 from validate._signal_prop.transformer import layer_norm, torch_activation
-from validate.phase_diagram import QUICK, build_parser, main, parse_config, run
+from validate.phase_diagram import QUICK, QUICK_CROSSING, build_parser, main, parse_config, run
 
 TASK = HistogramTask(n_tokens=8, vocab=4, noise=0.2)
 TINY = TrainConfig(depth=3, width=16, d_ff=16, steps=6, batch=4, test_size=32, eval_every=3, threads=1,
@@ -156,12 +159,16 @@ def test_cli_writes_json_and_figure_a_rerun_resumes_and_figures_are_left_alone(t
     assert list(figures.iterdir()) == []                  # not the default experiment: figures/ untouched
     assert json.loads((out / "phase_diagram.json").read_text()) == record
     metrics = record["metrics"]
-    for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells"):
+    for key in ("spearman", "spearman_p", "min_loss_point", "predicted_critical_point", "distance_cells",
+                "finite_depth_distance_cells"):
         assert key in metrics and record[key] == metrics[key]
     assert len(record["points"]) == 3 * 2 * 2 and record["store"]["models_trained_now"] == 12
     assert [row["quantity"] for row in record["verdicts"]] == [
-        "Spearman(final test loss, |lambda|)", "loss minimum to predicted critical point",
+        "Spearman(final test loss, |lambda|)", "loss minimum to the lambda_a = 0 curve (asymptotic)",
         "runs diverged (NaN or inf loss, gradient or test loss)"]
+    # the finite-depth exponents of the trained depth beside the asymptotic ones, at every training point
+    assert np.array(record["grid"]["finite_depth_angle"]).shape == (2, 3)
+    assert {"fd_angle_exponent", "fd_gradient_exponent", "fd_gradient_frobenius_exponent"} <= set(record["points"][0])
     assert record["verdicts"][2]["verdict"] == "INFO" and metrics["diverged_runs"] == 0 and metrics["runs"] == 12
     assert (out / "phase_diagram.png").stat().st_size > 10_000
 
@@ -214,7 +221,8 @@ def test_help_lists_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--x-field", "--y-range", "--grid", "--base", "--residual", "--depth", "--width", "--steps",
                  "--seeds", "--seed", "--lr", "--noise", "--out", "--store", "--scheduler", "--device", "--quick",
-                 "--fresh", "--workers", "--threads", "--models-per-batch", "--update-figures", "--quiet"):
+                 "--fresh", "--workers", "--threads", "--models-per-batch", "--update-figures", "--quiet",
+                 "--experiment", "--sgd-lr", "--sgd-lr-candidates", "--probes"):
         assert flag in text, flag
     assert "--quick: 150" in " ".join(build_parser().format_help().split())
 
@@ -243,3 +251,139 @@ def test_dask_local_cluster_stores_the_same_quick_grid_as_local_processes(tmp_pa
 def test_params_at_sets_alpha_pair():
     h = params_at(BlockParams(n_tokens=8), {"alpha": 0.25, "sigma_w": 3.0})
     assert (h.alpha_A, h.alpha_M, h.sigma_w) == (0.25, 0.25, 3.0)
+
+
+# -- the verdict logic on synthetic loss maps ------------------------------------------------------------
+# a plane of unit cells, x, y in 0..6, with lambda_a = y - x (zero on the diagonal) and lambda_g = x + y - 6
+# (zero on the anti-diagonal): the two zero curves cross at (3, 3)
+XS = YS = np.arange(7.0)
+GX, GY = np.meshgrid(XS, YS)
+ANGLE, GRADIENT = GY - GX, GX + GY - 6.0
+SE = np.full(ANGLE.shape, 0.01)
+CROSSING = {"synthetic": {"crossings": [(3.0, 3.0)], "angle": ANGLE, "curve": zero_curve(XS, YS, ANGLE, refine=8)}}
+
+
+def test_zero_curves_and_their_crossing_are_found_on_the_grid():
+    curve = zero_curve(XS, YS, ANGLE, refine=4)
+    assert len(curve) > 0 and np.allclose(curve[:, 0], curve[:, 1])        # the diagonal y = x
+    assert on_zero_curve(ANGLE).sum() == 7 and on_zero_curve(ANGLE)[GX == GY].all()
+    (x, y), = zero_crossings(XS, YS, ANGLE, GRADIENT, refine=32)
+    assert abs(x - 3) <= 1 / 32 and abs(y - 3) <= 1 / 32                   # to a fine cell
+    assert zero_crossings(XS, YS, ANGLE, GRADIENT + 100.0) == []            # curves that do not cross
+    mean = 0.5 + 0.05 * np.abs(GX - 5)                                      # minimum at x = 5, on every row
+    assert distances_to(XS, YS, mean, SE, np.array([[3.0, 3.0]]))["tied_cells"] == pytest.approx(2.0)
+
+
+def test_a_minimum_at_the_crossing_with_worse_loss_along_lambda_a_zero_passes():
+    mean = 0.5 + 0.05 * (np.abs(ANGLE) + np.abs(GRADIENT))
+    verdict = simultaneous_vanishing(XS, YS, mean, SE, CROSSING)
+    assert verdict["passed"] and verdict["outcome"] == "pass" and verdict["definition"] == "synthetic"
+    per = verdict["per_definition"]["synthetic"]
+    # the diagonal's points more than 2 cells from (3, 3): (0, 0), (1, 1), (5, 5), (6, 6), all worse
+    assert per["minimum_cells"] == 0 and per["far_curve_points"] == 4 and per["far_curve_points_worse"] == 4
+
+
+def test_a_minimum_that_follows_lambda_a_zero_fails_as_evidence_against_the_claim():
+    flat_on_the_curve = 0.5 + 0.05 * np.abs(ANGLE)         # the loss ignores lambda_g
+    verdict = simultaneous_vanishing(XS, YS, flat_on_the_curve, SE, CROSSING)
+    assert verdict["passed"] is False and verdict["outcome"] == "against"
+    assert "against the claim" in verdict["text"] and "follows lambda_a = 0 wherever lambda_g is" in verdict["text"]
+    # the same when the minimum sits at the crossing but the rest of the curve is as good within 2 SE
+    at_crossing = flat_on_the_curve - 0.001 * ((GX == 3) & (GY == 3))
+    verdict = simultaneous_vanishing(XS, YS, at_crossing, SE, CROSSING)
+    assert verdict["outcome"] == "against" and verdict["per_definition"]["synthetic"]["minimum_cells"] == 0
+    assert verdict["per_definition"]["synthetic"]["far_curve_points_tied"] == 4
+    # a minimum far from lambda_a = 0 and from the crossing follows neither
+    corner = 0.5 + 0.01 * np.hypot(GX - 6, GY)
+    verdict = simultaneous_vanishing(XS, YS, corner, SE, CROSSING)
+    assert verdict["outcome"] == "neither" and "against the claim" in verdict["text"]
+
+
+@pytest.mark.parametrize("standard_errors, passed", [(1.9, False), (2.1, True)])
+def test_far_points_on_the_curve_count_as_worse_only_beyond_two_combined_standard_errors(standard_errors, passed):
+    # minimum 0.5 at the crossing; every other point standard_errors x sqrt(0.01^2 + 0.01^2) above it
+    mean = np.full(ANGLE.shape, 0.5 + standard_errors * np.sqrt(2) * 0.01)
+    mean[3, 3] = 0.5
+    verdict = simultaneous_vanishing(XS, YS, mean, SE, CROSSING)
+    assert verdict["passed"] is passed
+    assert verdict["per_definition"]["synthetic"]["far_curve_points_worse"] == (4 if passed else 0)
+
+
+def test_simultaneous_vanishing_is_not_computable_without_a_minimum_or_a_crossing():
+    no_crossing = {"synthetic": {**CROSSING["synthetic"], "crossings": []}}
+    assert simultaneous_vanishing(XS, YS, 0.5 + np.abs(ANGLE), SE, no_crossing)["text"] == \
+        "not computable: no crossing inside the window"
+    diverged = simultaneous_vanishing(XS, YS, np.full(ANGLE.shape, np.inf), SE, CROSSING)
+    assert diverged["passed"] is False and diverged["outcome"] == "not computable"
+    # a crossing whose lambda_a = 0 curve has no training point more than 2 cells away cannot be judged
+    short = {"synthetic": {"crossings": [(1.0, 1.0)], "angle": np.where(GX + GY <= 3, ANGLE, np.nan),
+                           "curve": zero_curve(XS, YS, np.where(GX + GY <= 3, ANGLE, np.nan))}}
+    verdict = simultaneous_vanishing(XS, YS, 0.5 + 0.05 * np.hypot(GX - 1, GY - 1), SE, short)
+    assert verdict["outcome"] == "not computable" and "no training point more than 2 cells" in verdict["text"]
+
+
+def test_sgd_learning_rate_is_the_best_candidate_at_the_central_point_and_a_diverged_one_never_wins():
+    cfg = default_config("crossing", seeds=(0, 1), sgd_lr_candidates=(0.1, 0.2, 0.4))
+    def row(lr, seed, loss):
+        return {"point": {"lr": lr}, "seed": seed, "result": {"final_test_loss": loss, "diverged": loss is None}}
+    rows = [row(0.1, 0, 0.9), row(0.1, 1, 0.8), row(0.2, 0, 0.6), row(0.2, 1, 0.7), row(0.4, 0, 0.1),
+            row(0.4, 1, None)]
+    choice = learning_rate_choice(cfg, rows)
+    assert choice["value"] == 0.2 and not choice["at_edge_of_candidates"]
+    assert [c["diverged_seeds"] for c in choice["candidates"]] == [0, 0, 1]
+    assert choice["central_point"] == {"sigma_V": 0.8, "sigma_w": 2.625} and "0.2, the lowest" in choice["text"]
+
+
+# -- the crossing experiment's command -------------------------------------------------------------------
+CROSSING_TINY = ["--experiment", "crossing", "--grid", "3", "3", "--seeds", "0", "1", "--depth", "2", "--width", "8",
+                 "--d-ff", "8", "--steps", "4", "--batch", "4", "--test-size", "8", "--eval-every", "2",
+                 "--map-points", "12", "--sgd-lr-candidates", "0.1", "0.2", "--probes", "1", "--workers", "0",
+                 "--threads", "1", "--quiet"]
+
+
+def test_crossing_experiment_defaults_and_its_quick_preset():
+    cfg, _ = parse_config(["--experiment", "crossing"])
+    assert cfg == default_config("crossing")
+    assert (cfg.x_field, cfg.x_range, cfg.y_field, cfg.y_range) == ("sigma_V", (0.2, 1.4), "sigma_w", (0.75, 4.5))
+    assert (cfg.base.alpha_A, cfg.base.alpha_M, cfg.base.sigma_A, cfg.base.sigma_2) == (0.25, 0.25, 1.0, 1.0)
+    assert cfg.base.residual == "normalized" and cfg.train.depth == 16 and cfg.train.width == 64
+    assert cfg.out == "runs/phase_diagram_crossing" and cfg.sgd_lr is None
+    quick, _ = parse_config(["--experiment", "crossing", "--quick"])
+    assert quick.grid == QUICK_CROSSING["grid"] and quick.train.depth == 16 and quick.train.steps == 150
+    assert not same_experiment(quick, default_config("crossing"))
+    assert parse_config(["--experiment=crossing", "--sgd-lr", "0.3"])[0].sgd_lr == 0.3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sgd-lr", "0.1"], "crossing"), (["--probes", "3"], "crossing"),
+    (["--experiment", "crossing", "--optimizer", "sgd"], "optimizer"),
+    (["--experiment", "crossing", "--sgd-lr", "0"], "--sgd-lr"), (["--experiment", "bogus"], "--experiment")])
+def test_crossing_only_settings_are_refused_elsewhere_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_crossing_experiment_writes_its_record_and_figure_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "crossing"
+    cfg, _ = parse_config(CROSSING_TINY + ["--out", str(out)])
+    record = run(cfg, quiet=True, figures_dir=str(tmp_path))
+    assert json.loads((out / "phase_diagram.json").read_text()) == record
+    assert (out / "phase_diagram_crossing.png").stat().st_size > 10_000
+    trained = record["store"]["models_trained_now"]
+    assert trained == {"measured_networks": 18, "learning_rate_candidates": 4, "adam": 18, "sgd": 18}
+    metrics = record["metrics"]
+    # both optimizers, three definitions each; SGD's learning rate recorded with how it was chosen
+    assert set(metrics["optimizers"]) == {"adam", "sgd"}
+    assert set(metrics["optimizers"]["sgd"]["definitions"]) == {"common", "frobenius", "measured"}
+    assert record["config"]["sgd_lr_used"] in (0.1, 0.2) and record["config"]["sgd_train"]["optimizer"] == "sgd"
+    assert "central point" in record["config"]["sgd_lr_how"]
+    claims = [row["claim"] for row in record["verdicts"]]
+    assert claims.count("Adam") == claims.count("SGD") - 1 == 7
+    assert [r["quantity"] for r in record["verdicts"] if r["quantity"].startswith("simultaneous")] and \
+        record["verdicts"][-1]["verdict"] == "INFO"
+    assert len(record["points"]) == 2 * 9 * 2 and len(record["measured_points"]) == 9 * 2
+    again = run(cfg, quiet=True, figures_dir=str(tmp_path))
+    assert set(again["store"]["models_trained_now"].values()) == {0}
+    assert again["metrics"] == metrics
