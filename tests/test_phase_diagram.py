@@ -288,6 +288,9 @@ def test_a_minimum_that_follows_lambda_a_zero_fails_as_evidence_against_the_clai
     verdict = simultaneous_vanishing(XS, YS, flat_on_the_curve, SE, CROSSING)
     assert verdict["passed"] is False and verdict["outcome"] == "against"
     assert "against the claim" in verdict["text"] and "follows lambda_a = 0 wherever lambda_g is" in verdict["text"]
+    # along the curve the crossing is not special: every far point matches the point at the crossing
+    assert verdict["per_definition"]["synthetic"]["far_curve_points_not_worse_than_crossing"] == 4
+    assert "matched within 2 SE or beaten by 4 of the 4 points" in verdict["text"]
     # the same when the minimum sits at the crossing but the rest of the curve is as good within 2 SE
     at_crossing = flat_on_the_curve - 0.001 * ((GX == 3) & (GY == 3))
     verdict = simultaneous_vanishing(XS, YS, at_crossing, SE, CROSSING)

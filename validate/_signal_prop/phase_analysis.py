@@ -277,7 +277,9 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
     "angle": lambda_a at the training points (ny, nx), "curve": points (N, 2) of its zero curve}. For each
     definition with a crossing (the one nearest the minimum): the minimum's distance to it, and the training
     points on lambda_a = 0 (on_zero_curve) more than FAR_FROM_CROSSING_CELLS from it, each either tied with the
-    minimum (within TIE_STANDARD_ERRORS combined SE) or clearly worse.
+    minimum (within TIE_STANDARD_ERRORS combined SE) or clearly worse; and, whatever the minimum does, how many
+    of those far points match or beat the training point nearest the crossing (is the crossing special along
+    lambda_a = 0?).
 
     PASS ("pass") when for some definition the minimum lies within DISTANCE_TOLERANCE_CELLS of its crossing and
     one of those far points is clearly worse. Otherwise "against" when the minimum lies within one cell of
@@ -287,6 +289,13 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
     line), "text", "definition" (the one the text is about), "per_definition"}."""
     def result(passed, outcome, text, definition=None, per=None):
         label = DEFINITIONS.get(definition, definition)
+        if per and definition in per and outcome in ("against", "neither"):
+            p = per[definition]
+            near = p["nearest_point_to_crossing"]
+            text += (f"; along lambda_a = 0, the training point nearest that crossing ({shown(near['loss'], '.3f')} "
+                     f"± {shown(near['se'], '.3f')}) is matched within {TIE_STANDARD_ERRORS:g} SE or beaten by "
+                     f"{p['far_curve_points_not_worse_than_crossing']} of the {p['far_curve_points']} points more "
+                     f"than {FAR_FROM_CROSSING_CELLS:g} cells from it")
         summary = {"pass": f"minimum at the crossing ({label}), worse on lambda_a = 0 away from it",
                    "against": "against the claim: the minimum follows lambda_a = 0 wherever lambda_g is",
                    "neither": "against the claim: the minimum follows neither the crossing nor lambda_a = 0",
@@ -310,11 +319,22 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
                                            > FAR_FROM_CROSSING_CELLS)
         worse = far & ~tied
         to_crossing = cells_between(cell, minimum, crossing)
+        # the training point nearest the crossing against the far points of the curve: is the crossing special
+        # along lambda_a = 0, whatever the global minimum does? (far points not clearly better than it)
+        cy, cx = np.unravel_index(np.argmin(np.hypot(*((points - np.asarray(crossing)) / cell).transpose(2, 0, 1))),
+                                  mean.shape)
+        se_filled = np.where(np.isfinite(se), se, 0.0)
+        at_crossing, at_crossing_se = mean[cy, cx], se_filled[cy, cx]
+        far_not_worse = far & np.isfinite(mean) & (
+            mean <= at_crossing + TIE_STANDARD_ERRORS * np.sqrt(se_filled**2 + at_crossing_se**2))
         per[name] = {"crossing": [float(crossing[0]), float(crossing[1])], "minimum_cells": to_crossing,
                      "minimum_to_curve_cells": distance_to_curve(cell, minimum, np.asarray(d["curve"])),
                      "far_curve_points": int(far.sum()), "far_curve_points_worse": int(worse.sum()),
                      "far_curve_points_tied": int((far & tied).sum()),
                      "far_curve_best": _best_on(mean, far),
+                     "nearest_point_to_crossing": {"x": float(points[cy, cx, 0]), "y": float(points[cy, cx, 1]),
+                                                   "loss": _number(at_crossing), "se": _number(se[cy, cx])},
+                     "far_curve_points_not_worse_than_crossing": int(far_not_worse.sum()),
                      "passed": bool(to_crossing <= DISTANCE_TOLERANCE_CELLS and worse.any())}
     if not per:
         return result(False, "not computable", "not computable: no crossing inside the window")
