@@ -296,6 +296,11 @@ def test_a_minimum_that_follows_lambda_a_zero_fails_as_evidence_against_the_clai
     verdict = simultaneous_vanishing(XS, YS, at_crossing, SE, CROSSING)
     assert verdict["outcome"] == "against" and verdict["per_definition"]["synthetic"]["minimum_cells"] == 0
     assert verdict["per_definition"]["synthetic"]["far_curve_points_tied"] == 4
+    # on the curve 1.4 cells from the crossing, every far point of the curve worse: neither PASS nor against
+    near = 0.5 + 0.05 * np.abs(ANGLE) + 0.05 * np.hypot(GX - 4, GY - 4)
+    verdict = simultaneous_vanishing(XS, YS, near, SE, CROSSING)
+    assert verdict["passed"] is False and verdict["outcome"] == "inconclusive"
+    assert "against the claim" not in verdict["text"]
     # a minimum far from lambda_a = 0 and from the crossing follows neither
     corner = 0.5 + 0.01 * np.hypot(GX - 6, GY)
     verdict = simultaneous_vanishing(XS, YS, corner, SE, CROSSING)

@@ -80,7 +80,7 @@ QUICK = {"grid": (3, 3), "models_per_batch": 9, "depth": 4, "width": 32, "d_ff":
          "test_size": 256}
 # the crossing experiment's smoke preset keeps depth 16 (the crossing moves with depth) on a 4 x 4 grid
 QUICK_CROSSING = {"grid": (4, 4), "seeds": (0, 1), "models_per_batch": 8, "width": 32, "d_ff": 32, "steps": 150,
-                  "test_size": 256, "map_points": 100, "probes": 8, "sgd_lr_candidates": (0.05, 0.1, 0.2, 0.4)}
+                  "test_size": 256, "map_points": 100, "probes": 8, "sgd_lr_candidates": (0.1, 0.2, 0.4)}
 QUICK_PRESETS = {"plane": QUICK, "crossing": QUICK_CROSSING}
 PLANE_FLAGS = {"x_field": "horizontal axis: a BlockParams field, or alpha = alpha_A = alpha_M",
                "y_field": "vertical axis",

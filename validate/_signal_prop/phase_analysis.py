@@ -28,7 +28,9 @@ or the Frobenius gradient exponent, and both measured on initialized networks):
   a point on that definition's lambda_a = 0 curve more than two cells from the crossing has a clearly worse loss
   (more than 2 combined standard errors above the minimum). If instead the minimum sits on lambda_a = 0 with
   lambda_g away from 0 (it follows the angle exponent's zero curve wherever lambda_g is), the verdict says so:
-  that is evidence against the paper's claim in this reconstruction;
+  that is evidence against the paper's claim in this reconstruction; so it does when the minimum follows neither
+  (far from lambda_a = 0 too), and calls a minimum on lambda_a = 0 one to two cells from a crossing, with the rest
+  of the curve worse, inconclusive;
 - Adam against SGD (reported): the rank correlation of their point losses and the distance between their minima.
 
 Divergence (a run whose training loss, gradient or test loss became NaN or inf; validate._signal_prop.
@@ -282,10 +284,12 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
     lambda_a = 0?).
 
     PASS ("pass") when for some definition the minimum lies within DISTANCE_TOLERANCE_CELLS of its crossing and
-    one of those far points is clearly worse. Otherwise "against" when the minimum lies within one cell of
-    lambda_a = 0 (the loss follows lambda_a = 0 wherever lambda_g is), "neither" when it lies farther from
-    lambda_a = 0 too, "not computable" without a minimum, without a crossing, or when lambda_a = 0 has no
-    training point far from the crossing the minimum is at. Returns {"passed", "outcome", "summary" (a short
+    one of those far points is clearly worse. Otherwise, for the crossing nearest the minimum: "against" when the
+    minimum lies within one cell of lambda_a = 0 and either more than FAR_FROM_CROSSING_CELLS from the crossing
+    or tied with a far point of the curve (the loss follows lambda_a = 0 wherever lambda_g is); "inconclusive"
+    when it lies on lambda_a = 0 one to two cells from the crossing and every far point is worse; "neither" when
+    it lies farther than a cell from lambda_a = 0 too; "not computable" without a minimum, without a crossing,
+    or when lambda_a = 0 has no training point far from the crossing the minimum is at. Returns {"passed", "outcome", "summary" (a short
     line), "text", "definition" (the one the text is about), "per_definition"}."""
     def result(passed, outcome, text, definition=None, per=None):
         label = DEFINITIONS.get(definition, definition)
@@ -299,6 +303,7 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
         summary = {"pass": f"minimum at the crossing ({label}), worse on lambda_a = 0 away from it",
                    "against": "against the claim: the minimum follows lambda_a = 0 wherever lambda_g is",
                    "neither": "against the claim: the minimum follows neither the crossing nor lambda_a = 0",
+                   "inconclusive": "inconclusive: the minimum lies on lambda_a = 0, 1 to 2 cells from a crossing",
                    "not computable": text}[outcome]
         return {"passed": passed, "outcome": outcome, "summary": summary, "text": text, "definition": definition,
                 "per_definition": per or {}}
@@ -354,7 +359,14 @@ def simultaneous_vanishing(xs, ys, mean, se, definitions: dict) -> dict:
         return result(False, "not computable", (
             f"not computable: the minimum lies {p['minimum_cells']:.2f} cells from the crossing ({label}), but "
             f"lambda_a = 0 has no training point more than {FAR_FROM_CROSSING_CELLS:g} cells from it"), name, per)
-    if to_curve is not None and to_curve <= DISTANCE_TOLERANCE_CELLS:
+    on_curve = to_curve is not None and to_curve <= DISTANCE_TOLERANCE_CELLS
+    if on_curve and p["minimum_cells"] <= FAR_FROM_CROSSING_CELLS and p["far_curve_points_tied"] == 0:
+        return result(False, "inconclusive", (
+            f"inconclusive: the loss minimum lies on lambda_a = 0 ({to_curve:.2f} cells from it), "
+            f"{p['minimum_cells']:.2f} cells from the nearest crossing ({label}): more than "
+            f"{DISTANCE_TOLERANCE_CELLS:g} cell away, yet every point of lambda_a = 0 more than "
+            f"{FAR_FROM_CROSSING_CELLS:g} cells from it is worse by > {TIE_STANDARD_ERRORS:g} SE"), name, per)
+    if on_curve:
         return result(False, "against", (
             f"against the claim in this reconstruction: the loss minimum follows lambda_a = 0 wherever lambda_g "
             f"is (minimum {to_curve:.2f} cells from lambda_a = 0, {p['minimum_cells']:.2f} cells from the nearest "
