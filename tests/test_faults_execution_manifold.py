@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from validate import execution_manifold as em
-from validate._execution_manifold import part_one, part_two, trajectory
+from validate._execution_manifold import part_one, part_two, stacked_training
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def no_compute(monkeypatch):
     """Training refuses to start: a test using this proves that nothing was computed."""
     def refuse(*args, **kwargs):
         raise AssertionError("training started")
-    monkeypatch.setattr(part_one, "train_with_snapshots", refuse)
+    monkeypatch.setattr(part_one, "train_stacked", refuse)
     monkeypatch.setattr(part_two, "train_with_snapshots", refuse)
 
 
@@ -179,13 +179,14 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 def _count_training(monkeypatch) -> dict:
     """Count the trainings of part one and part two from here on."""
     counts = {"one": 0, "two": 0}
-    for part, module in (("one", part_one), ("two", part_two)):
-        original = module.train_with_snapshots
+    # part one trains through the stacked path (one seed per stack), part two through the plain loop
+    for part, module, name in (("one", part_one, "train_stacked"), ("two", part_two, "train_with_snapshots")):
+        original = getattr(module, name)
 
         def counted(*args, _part=part, _original=original, **kwargs):
             counts[_part] += 1
             return _original(*args, **kwargs)
-        monkeypatch.setattr(module, "train_with_snapshots", counted)
+        monkeypatch.setattr(module, name, counted)
     return counts
 
 
@@ -267,17 +268,17 @@ def test_every_run_diverges_and_the_command_still_writes_its_json_and_figures(tm
 def test_some_runs_diverge_and_are_left_out_and_counted(tmp_path, capsys, monkeypatch):
     """Seed 1 diverges at step 20 (its training loss is made inf there), in the main setting and in the difficulty
     setting; seeds 0 and 2 finish. The claims are judged on the finished runs, the "runs" row counts 2 of 5."""
-    real_loss = trajectory.cross_entropy_and_accuracy
-    steps = weakref.WeakKeyDictionary()  # training steps taken, per model (one model per run)
+    real_forward = stacked_training.StackedMarkerTransformers.forward
+    steps = weakref.WeakKeyDictionary()  # training steps taken, per stack (part one trains one seed per stack)
 
-    def loss_that_diverges_for_seed_1(model, batch, top_k=None):
-        loss, accuracy = real_loss(model, batch, top_k)
-        steps[model] = steps.get(model, 0) + 1
-        if torch.initial_seed() == 1 and steps[model] > 20:  # train_with_snapshots seeds torch with the run's seed
-            loss = loss * float("inf")
-        return loss, accuracy
+    def logits_that_diverge_for_seed_1(stack, tokens):
+        logits = real_forward(stack, tokens)
+        steps[stack] = steps.get(stack, 0) + 1
+        if torch.initial_seed() == 1 and steps[stack] > 20:  # train_stacked seeds torch with the run's seed
+            logits = logits * float("inf")  # a NaN training loss from step 20 on
+        return logits
 
-    monkeypatch.setattr(trajectory, "cross_entropy_and_accuracy", loss_that_diverges_for_seed_1)
+    monkeypatch.setattr(stacked_training.StackedMarkerTransformers, "forward", logits_that_diverge_for_seed_1)
     out = tmp_path / "out"
     argv = TINY + ["--part", "one", "--seeds", "0", "1", "2", "--difficulty-seeds", "2", "--sweep-max-markers", "2",
                    "--sweep-moduli", "--out", str(out)]
