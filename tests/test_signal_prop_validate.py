@@ -302,3 +302,31 @@ def test_new_settings_run_in_the_quick_preset(tmp_path):
                                                                            found.params.sigma_w)
     assert all(row["verdict"] == "PASS" for row in record["verdicts"] if row["verdict"] != "INFO"), \
         V.format_table(record["verdicts"])
+
+
+def test_the_figures_show_every_judged_row_and_the_command(monkeypatch):
+    """signal_prop_figures finds each PASS/FAIL row of verdict_rows on a panel by its quantity (a renamed row
+    would drop out of the figure), once, and puts the command's arguments (less --out) in the footer of both
+    figures. Tiny networks: the numbers do not matter here, only which rows are drawn."""
+    from validate._common import figure_style
+    from validate._signal_prop import figures
+    from validate._signal_prop.propagation_experiment import evaluate_setting, verdict_rows
+    cfg = SignalPropConfig(width=16, n_tokens=4, depth=2, networks=2, probes=1,
+                           settings=("normalized-ordered", "finite-depth-crossing"))
+    results = {name: evaluate_setting(name, cfg) for name in cfg.settings}
+    rows = verdict_rows(results)
+    saved = []
+
+    def capture(fig, out_dir, name, *, command, verdicts=()):
+        badges = [item for ax in fig.axes for item in getattr(ax, "_figure_style_badges", [])]
+        saved.append((name, command, badges))
+        figure_style.pyplot().close(fig)
+        return name
+    monkeypatch.setattr(figure_style, "save", capture)
+    paths = figures.signal_prop_figures(results, cfg, "unused", verdicts=rows, argv=["--quick", "--out", "x"])
+    assert paths == ["signal_prop.png", "signal_prop_finite_depth.png"]
+    assert [command for _, command, _ in saved] == ["python -m validate.signal_prop --quick"] * 2
+    shown = [row for _, _, badges in saved for row, _ in badges]
+    judged = [row for row in rows if row.verdict != "INFO"]
+    assert len(judged) == 5 + 3 and len(rows) == 5 + 4          # the crossing's INFO row is in the title
+    assert sorted(map(id, shown)) == sorted(map(id, judged))

@@ -42,16 +42,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from validate._common import cli
-from validate._common import figure_style as fs
-from validate._common.reporting import (format_table, make_record, progress, publish_figures,
-                                        save_figure, summary_line, write_record)
-from validate._signal_prop.figures import signal_prop_figure
-from validate._signal_prop.propagation_experiment import (ALL_SETTINGS, FINITE_DEPTH_LABELS, SignalPropConfig,
-                                                          evaluate_setting, same_experiment, setting_theory,
-                                                          verdict_rows)
+from validate._common.reporting import (format_table, make_record, progress, publish_figures, summary_line,
+                                        write_record)
+from validate._signal_prop.figures import signal_prop_figures
+from validate._signal_prop.propagation_experiment import (ALL_SETTINGS, SignalPropConfig, evaluate_setting,
+                                                          same_experiment, setting_theory, verdict_rows)
 
 COMMAND = "signal_prop"
 QUICK = {"width": 256, "depth": 8, "networks": 4, "probes": 2}
@@ -69,7 +65,8 @@ def predict(cfg: SignalPropConfig) -> dict:
 def run(cfg: SignalPropConfig, *, argv=(), quiet: bool = False, update_figures: bool = False,
         figures_dir: str | None = None, theory: dict | None = None) -> dict:
     """Measure every setting against its theory (predict(cfg), unless given), write the JSON record and the
-    figure to cfg.out; returns the record. Bad input raises ValueError before any network is drawn."""
+    figures (with the verdicts they illustrate and the command, argv, in their footer) to cfg.out; returns the
+    record. Bad input raises ValueError before any network is drawn."""
     start = time.perf_counter()
     cli.prepare_output_directory(cfg.out)
     theory = predict(cfg) if theory is None else theory
@@ -78,49 +75,12 @@ def run(cfg: SignalPropConfig, *, argv=(), quiet: bool = False, update_figures: 
         for name in cfg.settings:
             results[name] = evaluate_setting(name, cfg, bar, theory[name])
     rows = verdict_rows(results)
-    trajectories = {name: r for name, r in results.items() if r["kind"] == "trajectory"}
-    finite_depth = {name: r for name, r in results.items() if r["kind"] == "finite_depth"}
-    figures = []
-    if trajectories:
-        figures.append(save_figure(signal_prop_figure(trajectories, cfg), cfg.out, "signal_prop.png", dpi=110))
-    if finite_depth:
-        figure = finite_depth_figure(finite_depth, cfg, [r for r in rows if r.claim in finite_depth])
-        fs.finish(figure, fs.command_line(f"validate.{COMMAND}", argv if argv else None))
-        figures.append(save_figure(figure, cfg.out, "signal_prop_finite_depth.png", **fs.SAVE_KWARGS))
+    figures = signal_prop_figures(results, cfg, cfg.out, verdicts=rows, argv=list(argv) if argv else None)
     published = publish_figures(figures, update_figures or same_experiment(cfg, SignalPropConfig()), figures_dir)
     record = make_record(COMMAND, argv, cfg, results, rows,
                          {"total": time.perf_counter() - start}, figures=[*figures, *published])
     write_record(record, cfg.out)
     return record
-
-
-def finite_depth_figure(results: dict, cfg: SignalPropConfig, rows: list):
-    """One panel per finite-depth setting: the log growth after l blocks (l times the depth-l exponent) of the
-    token spread epsilon, the common-mode and the Frobenius Jacobian, theory (lines) against torch (mean ± SE
-    over the networks), with the setting's verdicts."""
-    fig, axes = fs.subplots(1, len(results), squeeze=False)
-    colours = {"angle": "C0", "gradient": "C3", "gradient_frobenius": "C2"}
-    for ax, (name, r) in zip(axes[0], results.items()):
-        layers = np.arange(r["depth"] + 1)
-        for k, label in FINITE_DEPTH_LABELS.items():
-            ax.plot(layers, r["theory"]["log_growth"][k], "-", color=colours[k], label=f"{label}: theory")
-            measured = r["measured_log_growth"][k]
-            ax.errorbar(layers, measured["mean"], yerr=measured["se"], fmt="o", color=colours[k], ms=3,
-                        label=f"torch, {fs.spread_label('s.e.m.', len(cfg.network_seeds()), 'networks')}"
-                        if k == "angle" else None)
-        ax.axhline(0.0, color="0.6", lw=0.7)
-        p = r["params"]
-        ax.set_title(f"{name}\n$\\sigma_V$ = {p['sigma_V']:.4g}, $\\sigma_w$ = {p['sigma_w']:.4g}", loc="left")
-        for row, k in zip((row for row in rows if row.claim == name), FINITE_DEPTH_LABELS):
-            fs.verdict_badge(ax, row, {"angle": "$\\lambda_a$", "gradient": "$\\lambda_g$",
-                                       "gradient_frobenius": "$\\lambda_F$"}[k])
-        ax.set_xlabel("block l")
-        if ax is axes[0, 0]:
-            ax.set_ylabel("log growth after l blocks")
-            ax.legend(fontsize=6.5)
-    fig.suptitle(f"Finite-depth exponents: random networks (width {cfg.width}, n = {cfg.n_tokens}, float64) fed "
-                 f"{cfg.n_tokens} identical tokens of norm q0 = {cfg.q0:g}")
-    return fig
 
 
 def build_parser():

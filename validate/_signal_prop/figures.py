@@ -1,55 +1,157 @@
-"""The figures of the signal-propagation commands, as Matplotlib figures (the commands save them to --out)."""
+"""The figures of the signal-propagation commands, in the package's style (validate/_common/figure_style.py).
+
+    signal_prop_figures(results, cfg, out_dir, verdicts=rows, argv=argv)   signal_prop.png (trajectory settings:
+                                    rho, q, the Jacobian growth against depth) and signal_prop_finite_depth.png
+                                    (finite-depth settings: the log growth after every block), written to out_dir
+    phase_diagram_figure(cfg, maps, analysis, rows), crossing_figure(cfg, maps, analysis)
+                                    the figures of `python -m validate.phase_diagram` (the command saves them)
+
+Each figure shows the verdicts of the rows it illustrates and, once saved, the command that made it."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
+from matplotlib import patheffects
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.lines import Line2D
 
 from validate._common import figure_style as fs
 from validate._common.checks import shown
 from validate._signal_prop.phase_analysis import DEFINITIONS, OPTIMIZER_NAMES, on_zero_curve
 from validate._signal_prop.phase_experiment import PhaseDiagramConfig
-from validate._signal_prop.propagation_experiment import SignalPropConfig
+from validate._signal_prop.propagation_experiment import FINITE_DEPTH_LABELS, SignalPropConfig
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")   # files only: no display is needed or assumed
-    import matplotlib.pyplot as plt
-    return plt
+COMMAND = "validate.signal_prop"
+SIGNAL_PROP_NAMES = ("signal_prop.png", "signal_prop_finite_depth.png")
+# the verdict rows of a trajectory setting (propagation_experiment.verdict_rows) by the start of their quantity,
+# and the panel row (0: rho, 1: q, 2: Jacobian growth) and badge label each is shown with
+TRAJECTORY_BADGES = (("rho", 0, r"$\rho$"), ("angle exponent", 0, r"$\lambda_a$"),
+                     ("gradient exponent", 0, r"$\lambda_g$"), ("q", 1, r"$q$"), ("|J|^2/nd", 2, r"$|J|^2/nd$"))
+FINITE_DEPTH_BADGES = {"angle": r"$\lambda_a$", "gradient": r"$\lambda_g$", "gradient_frobenius": r"$\lambda_F$"}
+# what each finite-depth curve is: the log growth after l blocks, l times that depth-l exponent
+FINITE_DEPTH_CURVES = {"angle": r"token spread $\epsilon$: $l\,\lambda_a$",
+                       "gradient": r"common-mode $|Jv|^2$: $l\,\lambda_g$",
+                       "gradient_frobenius": r"Frobenius $|J|_F^2/(nd)$: $l\,\lambda_F$"}
 
 
-def signal_prop_figure(results: dict, cfg: SignalPropConfig):
-    """Per setting (columns): rho, q and the Jacobian growth against depth, theory and torch (mean ± SE)."""
-    plt = _pyplot()
+def signal_prop_figures(results: dict, cfg: SignalPropConfig, out_dir: str, *, verdicts: list,
+                        argv=None) -> list[str]:
+    """The figures of `python -m validate.signal_prop` in out_dir: signal_prop.png when the run has trajectory
+    settings, signal_prop_finite_depth.png when it has finite-depth ones; returns their paths. verdicts: the
+    command's rows (propagation_experiment.verdict_rows(results)), shown on the panels they judge; argv: its
+    arguments, for the footer (None: this process's, see figure_style.command_line)."""
+    command = fs.command_line(COMMAND, argv)
+    kinds = {"trajectory": {}, "finite_depth": {}}
+    for name, r in results.items():
+        kinds[r["kind"]][name] = r
+    paths = []
+    for chosen, draw, file_name in zip(kinds.values(), (signal_prop_figure, finite_depth_figure), SIGNAL_PROP_NAMES):
+        if chosen:
+            rows = [row for row in verdicts if row.claim in chosen]
+            paths.append(fs.save(draw(chosen, cfg, rows), out_dir, file_name, command=command))
+    return paths
+
+
+def _row_starting(rows, claim: str, start: str):
+    """The verdict row of `claim` whose quantity is `start` or starts with `start (` (None when not judged)."""
+    return next((row for row in rows if row.claim == claim
+                 and (row.quantity == start or row.quantity.startswith(start + " ("))), None)
+
+
+def signal_prop_figure(results: dict, cfg: SignalPropConfig, rows: list = ()):
+    """Per trajectory setting (columns): rho, q and the Jacobian growth against depth, theory (finite-n map)
+    against torch (mean ± s.e.m. over the networks), with the setting's verdicts on the panels they judge and
+    both one-block exponents in the title."""
     names = list(results)
-    fig, axes = plt.subplots(3, len(names), figsize=(4.2 * len(names), 9.5), squeeze=False)
+    fig, axes = fs.subplots(3, len(names), panel=(3.9, 2.9), squeeze=False)
     layers = np.arange(cfg.depth + 1)
+    # the first column names each row in full, the others by its symbol (the badges above say it too)
+    quantities = (("rho", r"$\rho = p/q$ (cosine between tokens)", r"$\rho$"),
+                  ("q", r"$q$ (squared norm per dimension)", r"$q$"),
+                  ("jacobian", r"$E\,|\partial X_l/\partial X_0|_F^2\,/\,(nd)$",
+                   r"$|\partial X_l/\partial X_0|_F^2/(nd)$"))
     for col, name in enumerate(names):
         r = results[name]
-        for row, (key, label) in enumerate((("rho", r"$\rho$ = p/q"), ("q", "q"),
-                                            ("jacobian", r"$E|dX_l/dX_0|_F^2/(nd)$"))):
+        networks = r["out_of_float32_range"]["networks"]
+        for row, (key, label, symbol) in enumerate(quantities):
             ax = axes[row, col]
             theory, mean = _finite_or_nan(r["theory"][key]), _finite_or_nan(r["measured"][key]["mean"])
-            ax.plot(layers, theory, "-", color="C0", label="theory (finite n)")
-            ax.errorbar(layers, mean, yerr=_finite_or_nan(r["measured"][key]["se"]), fmt="o",
-                        ms=3.5, color="C3", label=f"torch d={cfg.width}, {len(cfg.network_seeds())} networks")
-            if key == "jacobian" and (np.concatenate([theory, mean]) > 0).any():
+            kept = networks - r["out_of_float32_range"]["networks_by_quantity"][key]
+            ax.plot(layers, theory, "-", color="C0", label="theory (finite-n map)")
+            fs.unclip(ax.errorbar(layers, mean, yerr=_finite_or_nan(r["measured"][key]["se"]), fmt="o", ms=3,
+                                  color="C3", label=f"torch, d = {cfg.width}: "
+                                                    f"{fs.spread_label('s.e.m.', kept, 'networks')}"))
+            if kept < networks:
+                ax.text(0.02, 0.02, f"{networks - kept} of {networks} networks out of float32 range (left out)",
+                        transform=ax.transAxes, fontsize=fs.SMALL_SIZE, color=fs.VERDICT_COLOURS["FAIL"])
+            positive = np.concatenate([theory, mean])
+            positive = positive[np.isfinite(positive) & (positive > 0)]
+            # a log axis where the growth spans a decade or more; within one, its ticks would be one or two labels
+            if key == "jacobian" and positive.size and positive.max() >= 10 * positive.min():
                 ax.set_yscale("log")
-            ax.set_ylabel(label)
+                fs.plain_log_labels(ax, "y")
+            ax.set_ylabel(label if col == 0 else symbol)
             if row == 2:
-                ax.set_xlabel("block l")
+                ax.set_xlabel("block $l$")
             if row == 0:
                 e = r["measured_exponents"]
-                ax.set_title(f"{name}\n$\\lambda_a$ th {shown(r['theory']['angle_exponent'], '+.3f')} / "
-                             f"torch {shown(e['angle'], '+.3f')}\n$\\lambda_g$ th "
-                             f"{shown(r['theory']['gradient_exponent'], '+.3f')} / torch "
-                             f"{shown(e['gradient'], '+.3f')}", fontsize=9)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=8)
-    fig.suptitle(f"Token geometry through random canonical transformers: n={cfg.n_tokens}, "
-                 f"depth {cfg.depth}, input rho0={cfg.rho0}", fontsize=11)
-    fig.tight_layout()
+                ax.set_title(
+                    f"{name}\n"
+                    f"$\\lambda_a$: theory {shown(r['theory']['angle_exponent'], '+.3f')}, torch "
+                    f"{shown(e['angle'], '+.3f')} ± {shown(e['angle_se'], '.3f')}\n"
+                    f"$\\lambda_g$: theory {shown(r['theory']['gradient_exponent'], '+.3f')}, torch "
+                    f"{shown(e['gradient'], '+.3f')} ± {shown(e['gradient_se'], '.3f')}", loc="left",
+                    pad=16)   # room for the badges under the title, above the panel
+        for start, row, label in TRAJECTORY_BADGES:
+            verdict = _row_starting(rows, name, start)
+            if verdict is not None:
+                fs.verdict_badge(axes[row, col], verdict, label)
+    # below the panels, where it hides no data
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    fig.suptitle(f"Token geometry through random canonical transformers: n = {cfg.n_tokens} tokens, depth "
+                 f"{cfg.depth}, input $q_0$ = {cfg.q0:g}, $\\rho_0$ = {cfg.rho0:g}; exponents per block "
+                 "(natural log), torch ± s.e.m.")
+    return fig
+
+
+def finite_depth_figure(results: dict, cfg: SignalPropConfig, rows: list = ()):
+    """One panel per finite-depth setting: the log growth after l blocks (l times the depth-l exponent) of the
+    token spread epsilon, the common-mode and the Frobenius Jacobian, theory (lines) against torch (mean ± s.e.m.
+    over the networks), with the setting's verdicts."""
+    fig, axes = fs.subplots(1, len(results), squeeze=False)
+    colours = {"angle": "C0", "gradient": "C3", "gradient_frobenius": "C2"}
+    for ax, (name, r) in zip(axes[0], results.items()):
+        layers = np.arange(r["depth"] + 1)
+        networks = r["non_finite"]["networks"]
+        kept_all = [networks - r["non_finite"]["networks_by_quantity"][k] for k in FINITE_DEPTH_CURVES]
+        for k, label in FINITE_DEPTH_CURVES.items():
+            ax.plot(layers, r["theory"]["log_growth"][k], "-", color=colours[k], label=f"{label}, theory")
+            measured = r["measured_log_growth"][k]
+            fs.unclip(ax.errorbar(layers, measured["mean"], yerr=measured["se"], fmt="o", color=colours[k], ms=3))
+        # one legend entry for the torch markers of all three colours
+        ax.errorbar([], [], yerr=[], fmt="o", color="0.45", ms=3,
+                    label=f"torch (markers), {fs.spread_label('s.e.m.', min(kept_all), 'networks')}"
+                    if len(set(kept_all)) == 1 else
+                    f"torch (markers), mean ± s.e.m., {min(kept_all)}-{max(kept_all)} networks")
+        ax.axhline(0.0, color="0.6", lw=0.7)
+        p = r["params"]
+        where = ": the predicted crossing" if r["crossing"] is not None else ""
+        ax.set_title(f"{name}{where}\n$\\sigma_V$ = {p['sigma_V']:.4g}, $\\sigma_w$ = {p['sigma_w']:.4g}",
+                     loc="left")
+        for k, label in FINITE_DEPTH_BADGES.items():
+            verdict = _row_starting(rows, name, FINITE_DEPTH_LABELS[k])
+            if verdict is not None:
+                fs.verdict_badge(ax, verdict, label)
+        ax.set_xlabel("block $l$")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("log growth after $l$ blocks")
+    # below the panels, where it hides no data
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4)
+    fig.suptitle(f"Finite-depth exponents: random networks (width {cfg.width}, float64) fed {cfg.n_tokens} "
+                 f"identical tokens of norm $q_0$ = {cfg.q0:g}; per block, natural log")
     return fig
 
 
@@ -97,6 +199,12 @@ def _zero_curves(ax, curves: dict) -> None:
         ax.plot([], [], color=colour, ls=style, lw=1.8, label=label + ("" if present else " (not in window)"))
 
 
+def _legend_below(ax, ncol: int = 1, **kwargs) -> None:
+    """The panel's legend under its x label, where it hides neither a map nor a zero curve (constrained layout
+    makes room)."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, **kwargs)
+
+
 def _window(ax, xs, ys) -> None:
     """Limits half a training cell beyond the grid, so cells drawn with shading='nearest' show whole."""
     dx, dy = (xs[1] - xs[0]) / 2, (ys[1] - ys[0]) / 2
@@ -125,8 +233,11 @@ def _mark_minimum(ax, xs, ys, mean, se, best: dict, cfg) -> None:
     jy, jx = np.nonzero(tied)
     fs.unclip(ax.plot(xs[jx], ys[jy], "o", ms=4, color="w", mec="k", mew=0.6, ls="none",
                       label="tied with the minimum (2 SE)"))
+    # a white ring outlined in black: seen on a dark mesh and, in the legend (smaller), on white
+    outline = [patheffects.Stroke(linewidth=4.5, foreground="k"), patheffects.Normal()]
     fs.unclip(ax.plot(best[cfg.x_field], best[cfg.y_field], "o", ms=15, mfc="none", mec="w", mew=2.5,
-                      label="loss minimum"))
+                      path_effects=outline))
+    ax.plot([], [], "o", ms=8, mfc="none", mec="w", mew=2, path_effects=outline, label="loss minimum")
 
 
 def _curve_direction(x, y) -> np.ndarray:
@@ -162,8 +273,10 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
         fs.signed_mesh(ax, mx, my, values, "per block (natural log)")
         _zero_curves(ax, {k: curves[k] for k in (("angle", "gradient") if key in ("angle", "gradient")
                                                  else ("fd_angle", "fd_gradient", "fd_gradient_frobenius"))})
-        ax.plot(gx_, gy_, ".", color="0.3", ms=3)
-        ax.legend(loc="upper right", fontsize=6.5)
+        fs.unclip(ax.plot(gx_, gy_, ".", color="0.3", ms=3))
+        if key == "angle":
+            ax.plot([], [], ".", color="0.3", ms=3, label="training points")
+        _legend_below(ax)
         ax.set(title=f"{title}\n{cfg.map_points}x{cfg.map_points} map" + ("" if key in ("angle", "gradient")
                                                                           else rf", $q_0=1$"),
                xlabel=_label(cfg.x_field), ylabel=_label(cfg.y_field))
@@ -172,18 +285,17 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
     task = cfg.train.task
     finite = _finite_or_nan(mean)
     top = max(task.context_free_loss(), np.nanmax(finite) if np.isfinite(finite).any() else -np.inf)
-    _loss_mesh(ax, tx, ty, mean, f"mean over {len(cfg.seeds)} seeds (floor {task.bayes_loss():.3f}, no mixing "
-                                 f"{task.context_free_loss():.3f})", task.bayes_loss(), top)
-    for key in ("angle", "gradient", "fd_angle", "fd_gradient"):   # line styles as in the maps above
-        if _has_zero(maps[key]):
-            colour, style, _ = ZERO_STYLES[key]
-            ax.contour(mx, my, np.ma.masked_invalid(_finite_or_nan(maps[key])), levels=[0.0], colors=colour,
-                       linestyles=style, linewidths=1.8)
+    _loss_mesh(ax, tx, ty, mean, f"final test loss, mean of {len(cfg.seeds)} seeds\n(Bayes floor "
+                                 f"{task.bayes_loss():.3f}, no mixing {task.context_free_loss():.3f})",
+               task.bayes_loss(), top)
+    _zero_curves(ax, {key: curves[key] for key in ("angle", "gradient", "fd_angle", "fd_gradient")})
     if best["loss"] is not None:
         _mark_minimum(ax, tx, ty, mean, se, best, cfg)
-        ax.legend(loc="upper right", fontsize=6.5)
+    if not np.isfinite(np.asarray(mean, float)).all():
+        ax.plot([], [], "x", color="r", ms=8, mew=2, label="diverged (a seed)")
+    _legend_below(ax, ncol=2, fontsize=6.5)
     _window(ax, tx, ty)
-    ax.set_title(f"final test loss, depth {depth}, width {cfg.train.width}\n(x: diverged)", loc="left")
+    ax.set_title(f"final test loss\ndepth {depth}, width {cfg.train.width}", loc="left")
     ax.set(xlabel=_label(cfg.x_field), ylabel=_label(cfg.y_field))
     fs.verdict_badge(ax, analysis["verdicts"][1], r"min to $\lambda_a=0$")
 
@@ -197,7 +309,9 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
     fs.colorbar(scatter, ax, "final test loss")
     ax.axhline(0, color="m", lw=1)
     ax.axvline(0, color="k", lw=1)
-    ax.legend(fontsize=7)
+    ax.legend([Line2D([], [], marker="o", ms=7, color="0.6", mec="k", ls="none"),
+               Line2D([], [], marker="s", ms=5, color="0.6", mec="0.5", ls="none")],
+              ["asymptotic", f"depth {depth}"], loc="best")
     ax.set(title="final test loss against the two exponents\n(one marker per grid point)",
            xlabel=r"$\lambda_a$", ylabel=r"$\lambda_g$")
 
@@ -206,29 +320,30 @@ def phase_diagram_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict, ro
     per_seed = analysis["losses"]["per_seed"]
     for k, seed in enumerate(cfg.seeds):
         ax.plot(predictor, _finite_or_nan(per_seed[:, k]), "o", alpha=0.5, label=f"seed {seed}")
-    ax.plot(predictor, finite.ravel(), "k_", ms=14, mew=2, label="mean")
+    ax.plot(predictor, finite.ravel(), "k_", ms=14, mew=2, label=f"mean of {len(cfg.seeds)} seeds")
     ax.axhline(task.bayes_loss(), color="g", ls="--", label="Bayes floor")
     ax.axhline(task.context_free_loss(), color="r", ls="--", label="best without token mixing")
     ax.set_title(f"Spearman {shown(metrics['spearman'], '+.2f')} ({fs.p_value_text(metrics['spearman_p'])}); "
                  f"seed-to-seed {shown(metrics['seed_to_seed_spearman'], '+.2f')}\n"
                  f"{metrics['diverged_runs']} of {metrics['runs']} runs diverged", loc="left")
-    fs.verdict_badge(ax, analysis["verdicts"][0], "")
+    fs.verdict_badge(ax, analysis["verdicts"][0], r"loss against $|\lambda|$")
     ax.set(xlabel=r"asymptotic $|\lambda|=\sqrt{\lambda_a^2+\lambda_g^2}$", ylabel="final test loss")
     ax.legend(fontsize=7, loc="best")
 
     ax = axes[1, 3]
     known = predictor[np.isfinite(predictor)]
     low, spread = (known.min(), max(np.ptp(known), 1e-12)) if known.size else (0.0, 1.0)
-    import matplotlib
-    colors = matplotlib.colormaps["plasma"](np.clip((np.nan_to_num(predictor, nan=low + spread) - low) / spread, 0, 1))
+    # plasma up to 0.9 (its last tenth is too pale on white); a point without a finite |lambda| gets the top colour
+    colormap = ScalarMappable(Normalize(low, low + spread), ListedColormap(fs.sequential_colours(256, "plasma")))
+    colors = colormap.to_rgba(np.nan_to_num(predictor, nan=low + spread))
     first_seed = {json.dumps(r["point"], sort_keys=True): r for r in rows if r["seed"] == cfg.seeds[0]}
     for k, p in enumerate(cfg.train_points()):
         result = first_seed[json.dumps(p, sort_keys=True)]["result"]
         ax.plot(result["eval_steps"], _finite_or_nan(result["test_loss"]), color=colors[k], lw=1)
     ax.axhline(task.bayes_loss(), color="g", ls="--")
     ax.axhline(task.context_free_loss(), color="r", ls="--")
-    ax.set(title=f"test-loss curves, seed {cfg.seeds[0]}\n(colour: asymptotic |lambda|, dark = near 0)",
-           xlabel="step", ylabel="test loss")
+    fs.colorbar(colormap, ax, r"asymptotic $|\lambda|$ of the point")
+    ax.set(title=f"test-loss curves, seed {cfg.seeds[0]}, one per grid point", xlabel="step", ylabel="test loss")
     fig.suptitle(f"Trainability phase diagram: canonical transformer, {cfg.base.residual} residual, "
                  f"{cfg.base.activation}, n={cfg.base.n_tokens}; loss minimum "
                  f"{shown(metrics['distance_cells'], '.2f')} cells from the asymptotic $\\lambda_a=0$, "
@@ -347,7 +462,7 @@ def crossing_figure(cfg: PhaseDiagramConfig, maps: dict, analysis: dict):
                  "\nagainst predicted, per training point",
            xlabel="predicted exponent (per block)", ylabel=f"measured ({fs.spread_label('s.e.m.', len(cfg.seeds))})")
 
-    fig.suptitle(f"Where the depth-{depth} zero curves cross: {cfg.base.residual} residual, alpha_A = alpha_M = "
+    fig.suptitle(f"Where the depth-{depth} zero curves cross: {cfg.base.residual} residual, $\\alpha_A = \\alpha_M$ = "
                  f"{cfg.base.alpha_A:g}, {cfg.base.activation}, n = {cfg.base.n_tokens}, width {cfg.train.width}; "
                  f"{cfg.train.steps} steps")
     return fig
