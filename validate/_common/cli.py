@@ -24,7 +24,7 @@ import tempfile
 
 from theory._cli import one_line_errors
 from validate._common import checks
-from validate._common.reporting import TEMPORARY_PREFIX
+from validate._common.reporting import TEMPORARY_PREFIX, git_commit
 from validate._common.sweep import StoreInUse, SweepStore, check_scheduler
 
 SEED_LIMIT = 2 ** 63  # seeds are stored as SQLite INTEGERs and fed to torch.Generator.manual_seed: int64
@@ -227,6 +227,7 @@ def parse(parser: argparse.ArgumentParser, argv=None, quick: dict | None = None)
     except ValueError as error:
         parser.error(str(error))
     args.explicit = frozenset(explicit)
+    git_commit()  # the record's commit is the tree's state now, before the command writes figures/
     return args
 
 

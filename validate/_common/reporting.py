@@ -12,6 +12,7 @@ creates 0600), so a killed run never leaves a half-written JSON or figure behind
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -173,8 +174,13 @@ def package_version() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The checkout's commit (with "+dirty" when the tree has changes), or None outside a git checkout."""
+    """The checkout's commit (with "+dirty" when the tree has changes), or None outside a git checkout.
+
+    The answer of the first call in the process: every command asks when it parses its arguments
+    (validate._common.cli.parse), before it writes anything, so a default run that rewrites a figure under
+    figures/ does not mark its own record "+dirty"."""
     try:
         commit = subprocess.run(["git", "-C", REPOSITORY, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5)
