@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._signals import default_sigint
 from validate import execution_manifold as em
 from validate._execution_manifold import part_one, part_two, stacked_training
 
@@ -334,7 +335,7 @@ def _stored(out: Path) -> list[tuple[str, int, float]]:
 
 def _start_and_wait_for_the_first_row(out: Path, *extra: str) -> subprocess.Popen:
     process = subprocess.Popen(_command(out, *extra), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not _stored(out):
         assert process.poll() is None, process.communicate()

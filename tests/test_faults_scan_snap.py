@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._signals import default_sigint
 from validate import scan_snap, scan_snap_sweep
 from validate._common import reporting
 from validate._common.sweep import point_key
@@ -317,7 +318,7 @@ def _signal_midway(out: Path, signum: int) -> tuple[subprocess.Popen, dict, str]
     returns the process (ended), the rows stored at that moment, and its stderr."""
     process = subprocess.Popen([sys.executable, "-m", "validate.scan_snap_sweep", *KILL_SWEEP, "--out", str(out)],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     rows = {}
     while process.poll() is None and time.monotonic() < deadline:
@@ -406,7 +407,7 @@ def test_scan_snap_interrupted_by_ctrl_c_exits_130_without_a_traceback(tmp_path)
     argv = [a for a in TINY_SNAP if a != "--quiet"]  # its progress line says when the training has started
     process = subprocess.Popen([sys.executable, "-m", "validate.scan_snap", *argv, "--out", str(tmp_path)],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=default_sigint)
     first = process.stderr.readline()
     assert "started" in first, first
     os.killpg(process.pid, signal.SIGINT)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._signals import default_sigint
 from validate._common.sweep import SweepStore, point_key, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path):
     SweepStore(store_path, "kill")
     script = textwrap.dedent(KILLED_RUN).format(log=str(log), store=str(store_path), workers=2)
     run = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         _wait_for(lambda: len(stored_pairs(store_path, "kill")) >= 2, 120, "the sweep made no progress")
         workers = _worker_pids(log, run.pid)
