@@ -34,7 +34,10 @@ evaluates their corners):
   obeys the same QUADRATURE_SIGMA_W_MAX for kernels by quadrature;
 * sigma_A <= LARGE_N_SIGMA_A_MAX = 14 with attention="large_n": its moments grow as e^{3 sigma_A^2}/n^2;
 * the normalized residual must not zero the residual stream (alpha_A = 1 with sigma_V = 0, or alpha_M = 1
-  with an MLP whose output is zero): LN(0) is undefined.
+  with an MLP whose output is zero): LN(0) is undefined;
+* the arrays a call allocates must fit in this machine's memory: the finite-n attention moments (`propagate`,
+  `attention_moments`) hold 3 x n_samples x n_tokens float64 common random numbers, so n_tokens is refused
+  where those cannot be held (above ~60,000 at the default n_samples on a 24 GB machine).
 The results are then finite, except where a multiplier is exactly zero (an exponent of -inf, documented at
 `exponents`); `propagate` and the finite-depth exponents raise a ValueError naming depth if the norm (or
 the Jacobian) itself leaves float64's range.
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -158,6 +162,31 @@ def check_params(h, name: str = "h", attention: str = "finite") -> BlockParams:
 
 def _check_q(name: str, value) -> float:
     return real_number(name, value, *Q_RANGE)
+
+
+def _machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(inputs: str, what: str, size: int) -> None:
+    """A ValueError naming `inputs` when arrays of `size` bytes (`what`) exceed this machine's memory: numpy would
+    raise MemoryError at the allocation, or the system would start swapping."""
+    limit = _machine_memory()
+    if limit is not None and size > limit:
+        raise ValueError(f"{inputs}: {what} would take {size / 2 ** 30:.3g} GiB, more than this machine's memory "
+                         f"({limit / 2 ** 30:.3g} GiB)")
+
+
+def _check_monte_carlo_fits(n_tokens: int, n_samples: int, name: str = "n_tokens") -> None:
+    """The finite-n attention moments hold 3 (n_samples, n_tokens) float64 arrays of common random numbers (and
+    6 partial sums per sample): they must fit in memory."""
+    _check_fits(f"{name}={n_tokens}, n_samples={n_samples}",
+                "the common random numbers of the softmax Monte Carlo (3 x n_samples x n_tokens float64)",
+                8 * n_samples * (3 * n_tokens + 6))
 
 
 def _params_vector(h: BlockParams) -> tuple:
@@ -321,6 +350,8 @@ def attention_moments(n_tokens: int, rho: float, sigma_A: float, method: str = "
     sigma_A = real_number("sigma_A", sigma_A, 0.0,
                           LARGE_N_SIGMA_A_MAX if method == "large_n" else FIELD_RANGE[1])
     n_samples, seed = count("n_samples", n_samples, 1), count("seed", seed, 0)
+    if method == "monte_carlo":
+        _check_monte_carlo_fits(n_tokens, n_samples)
     return _attention_moments(n_tokens, rho, sigma_A, method, n_samples, seed)
 
 
@@ -502,6 +533,9 @@ def propagate(h: BlockParams, depth: int, q0: float = 1.0, rho0: float = 0.5,
                          f"have std sigma_A q0 = {h.sigma_A * q0:.4g}, and the large-n moments hold up to "
                          f"{LARGE_N_SIGMA_A_MAX:g}")
     method = "monte_carlo" if attention == "finite" else "large_n"
+    if method == "monte_carlo":
+        _check_monte_carlo_fits(h.n_tokens, n_samples, "h.n_tokens")
+    _check_fits(f"depth={depth}", "the trajectory ((depth + 1) x 4 float64)", 32 * (depth + 1))
     kernel = compiled_kernel(h.activation)
     q_M, _ = _collapse_values(h.activation)(h.sigma_w, h.sigma_2, h.sigma_b)
     _check_stream_nonzero(h.residual, h.alpha_A, h.alpha_M, h.sigma_V, q_M, "h")

@@ -253,6 +253,16 @@ BAD = {
         ("attention_moments large_n sigma_A", lambda: S.attention_moments(4, 0.0, 30.0, method="large_n"),
          "sigma_A=30.0: must be a finite real number in [0, 14]"),
         ("attention_moments method", lambda: S.attention_moments(4, 0.5, 1.0, method="exact"), "method='exact'"),
+        # arrays this machine cannot hold: 3 x n_samples x n_tokens float64 common random numbers (36 TiB at
+        # n_tokens = 10^8), a trajectory of (depth + 1) x 4 float64 (29 TiB at depth = 10^12)
+        ("propagate n_tokens beyond memory", lambda: S.propagate(BlockParams(n_tokens=10 ** 8), 2, 1.0, 0.5),
+         "h.n_tokens=100000000, n_samples=16384: the common random numbers"),
+        ("propagate n_samples beyond memory", lambda: S.propagate(h, 2, n_samples=10 ** 12),
+         "n_samples=1000000000000"),
+        ("propagate depth beyond memory", lambda: S.propagate(h, 10 ** 12, attention="large_n"),
+         "depth=1000000000000: the trajectory"),
+        ("attention_moments n beyond memory", lambda: S.attention_moments(10 ** 8, 0.5, 1.0),
+         "n_tokens=100000000, n_samples=16384"),
         ("attention_moments seed", lambda: S.attention_moments(4, 0.5, 1.0, seed=-2), "seed=-2"),
         ("attention_moments_quadrature variance", lambda: S.attention_moments_quadrature(8, 0.0, 10.0),
          "sigma_A^2 (1 - rho) <= 9"),
@@ -759,6 +769,16 @@ def test_propagate_names_the_deepest_computable_depth():
     with pytest.raises(ValueError, match=r"block 301; depths up to 300 are computable"):
         S.propagate(CHAOTIC, 2000, rho0=0.99, attention="large_n")
     assert np.isfinite(S.propagate(CHAOTIC, 300, rho0=0.99, attention="large_n").jacobian).all()
+
+
+def test_many_tokens_are_refused_only_where_arrays_of_them_are_drawn():
+    """n_tokens enters the exponents as a number (no array grows with it), so 10^8 tokens compute; the finite-n
+    attention moments draw arrays of n_tokens per sample, and propagate refuses them (BAD), with large_n too."""
+    many = BlockParams(n_tokens=10 ** 8)
+    asymptotic, finite_depth = S.exponents(many), S.exponents(many, depth=16, q0=1.0)
+    assert all(math.isfinite(v) for v in (asymptotic.angle, asymptotic.gradient, finite_depth.angle,
+                                          finite_depth.gradient, finite_depth.gradient_frobenius))
+    assert np.isfinite(S.propagate(many, 3, attention="large_n").rho).all()
 
 
 def test_erf_kernel_derivative_keeps_its_digits_at_collapse():

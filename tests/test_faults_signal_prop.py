@@ -4,6 +4,7 @@ run still writes its JSON and figure; kill -9 and Ctrl-C midway lose nothing fin
 named before any compute. Tiny configurations throughout (seconds per test)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,12 +19,15 @@ import numpy as np
 import pytest
 
 from theory.signal_prop import BlockParams
+from tests._signals import default_sigint
 from validate import phase_diagram as PD
 from validate import signal_prop as SP
+from validate._common import memory
 from validate._common.sweep import SweepStore
 from validate._signal_prop import batched_train, propagation_experiment
 from validate._signal_prop.batched_train import MAX_SEED as TRAIN_MAX_SEED, TrainConfig
-from validate._signal_prop.phase_experiment import PhaseDiagramConfig
+from validate._signal_prop.memory import ESTIMATE_FACTOR, signal_prop_needs
+from validate._signal_prop.phase_experiment import PhaseDiagramConfig, default_config
 from validate._signal_prop.phase_task import HistogramTask
 from validate._signal_prop.propagation_experiment import MAX_SEED as NETWORK_MAX_SEED, SignalPropConfig
 
@@ -97,17 +101,32 @@ SIGNAL_BAD = [
     (["--seed", str(NETWORK_MAX_SEED + 1)], "seeds"), (["--device", "tpu"], "--device"),
     (["--device", "cuda:99"], "cuda:99"), (["--out", "FILE"], "--out"), (["--out", "FILE/sub"], "--out"),
     (["--out", "UNWRITABLE"], "--out"), (["--no-such-flag"], "--no-such-flag"),
+    # sizes this machine cannot hold (the networks' weights, their activations, the theory's Monte Carlo), and a
+    # depth beyond what sim's finite-depth exponents compute
+    (["--width", "100000000"], "width=100000000"), (["--probes", "100000000"], "probes=100000000"),
+    (["--n-tokens", "100000000"], "n_tokens=100000000"), (["--depth", "100000000"], "depth=100000000"),
 ]
 
 
 @pytest.mark.parametrize("args, names", SIGNAL_BAD, ids=[" ".join(a) for a, _ in SIGNAL_BAD])
 def test_signal_prop_refuses_bad_input_in_one_line(args, names, places, capsys, monkeypatch):
     monkeypatch.setattr(SP, "evaluate_setting", _no_compute)
+    monkeypatch.setattr(SP, "predict", _theory_checks)
     assert names in _refused(SP, SIGNAL_TINY, args, places, capsys)
 
 
 def _no_compute(*args, **kwargs):
     raise AssertionError("a bad input reached the compute")
+
+
+REAL_PREDICT = SP.predict
+
+
+def _theory_checks(cfg):
+    """The theory's own checks of the inputs (sim refuses q0 and rho0 outside its ranges), run at a depth and a
+    number of tokens that compute in milliseconds: a size that slipped past the command's checks then reaches
+    evaluate_setting (_no_compute) at once instead of hanging in the theory."""
+    return REAL_PREDICT(dataclasses.replace(cfg, depth=min(cfg.depth, 2), n_tokens=min(cfg.n_tokens, 4)))
 
 
 PHASE_BAD = [
@@ -138,6 +157,9 @@ PHASE_BAD = [
     (["--scheduler", "tcp://127.0.0.1:1"], "scheduler"), (["--x-field", "sigma_w"], "different fields"),
     (["--x-field", "alpha", "--y-field", "alpha_A"], "different fields"), (["--optimizer", "bogus"], "--optimizer"),
     (["--residual", "bogus"], "--residual"), (["--no-such-flag"], "--no-such-flag"),
+    # sizes this machine cannot hold: the models' weights, the test set, the embedding, the attention maps
+    (["--width", "100000000"], "width=100000000"), (["--test-size", "1000000000000"], "test_size=1000000000000"),
+    (["--vocab", "100000000"], "vocab=100000000"), (["--n-tokens", "100000000"], "n_tokens=100000000"),
 ]
 
 
@@ -218,6 +240,7 @@ API_BAD = [
     (PhaseDiagramConfig, dict(workers=-1), "workers"), (PhaseDiagramConfig, dict(fresh="yes"), "fresh"),
     (PhaseDiagramConfig, dict(store=""), "store"), (PhaseDiagramConfig, dict(device="gpu"), "device"),
     (PhaseDiagramConfig, dict(base=BlockParams(n_tokens=16)), "n_tokens"),
+    (SignalPropConfig, dict(depth=10 ** 8), "depth"),
 ]
 
 
@@ -243,6 +266,87 @@ def test_configurations_accept_numpy_scalars_as_python_numbers():
                                map_points=10, seeds=(0, 1), train=TrainConfig(depth=2, lr=0.5, task=HistogramTask(
                                    n_tokens=8, noise=0.5)), workers=0, models_per_batch=4)
     assert phase == plain and phase.sweep_name() == plain.sweep_name()   # the same sweep, the same stored rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory: a configuration this machine cannot hold is refused before any compute, by the API too; the estimate
+# behind the refusal against the measured peak of small runs
+# ----------------------------------------------------------------------------------------------------------
+def test_api_runs_refuse_a_configuration_too_big_for_memory_before_any_compute(tmp_path, monkeypatch):
+    monkeypatch.setattr(SP, "predict", _no_compute)
+    monkeypatch.setattr(SP, "evaluate_setting", _no_compute)
+    monkeypatch.setattr(PD, "predict", _no_compute)
+    monkeypatch.setattr(PD, "run_sweep", _no_compute)
+    with pytest.raises(ValueError, match="width=100000000.*more than this machine's memory"):
+        SP.run(SignalPropConfig(width=10 ** 8, out=str(tmp_path / "signal")))
+    for experiment in ("plane", "crossing"):
+        cfg = default_config(experiment, train=TrainConfig(task=HistogramTask(vocab=10 ** 8)),
+                             out=str(tmp_path / experiment))
+        with pytest.raises(ValueError, match="vocab=100000000.*more than this machine's memory"):
+            PD.run(cfg)
+    assert not any(tmp_path.iterdir())   # not even --out was created
+
+
+def test_memory_refusal_names_the_inputs_and_the_limit(places, capsys, monkeypatch):
+    """Against a limit of 1 KiB the tiny configurations are refused: one line with the inputs of the largest need
+    (signal_prop: the theory's Monte Carlo, 1.5 MiB at 4 tokens), the estimate and the limit; a limit at the
+    estimate lets them through to the compute."""
+    monkeypatch.setattr(memory, "machine_memory", lambda: 2 ** 10)
+    monkeypatch.setattr(SP, "evaluate_setting", _no_compute)
+    monkeypatch.setattr(PD, "run_sweep", _no_compute)
+    line = _refused(SP, SIGNAL_TINY, [], places, capsys)
+    assert line.endswith("error: n_tokens=4: this run would hold about 1.54 MiB in memory at its peak, more than "
+                         "this machine's memory (1 KiB); 1.5 MiB of it for the theory's softmax Monte Carlo "
+                         "(3 x 16384 x n_tokens float64) (see --help)"), line
+    line = _refused(PD, PHASE_TINY, [], places, capsys)
+    assert "more than this machine's memory (1 KiB)" in line, line
+    needs = signal_prop_needs(SP.parse_config(SIGNAL_TINY)[0])[0]
+    monkeypatch.setattr(memory, "machine_memory", lambda: sum(need.size for need in needs))
+    with pytest.raises(AssertionError, match="reached the compute"):
+        SP.main(SIGNAL_TINY + ["--out", places["OUT"]])
+
+
+MEASURE_PEAK = """
+import json, os, resource, sys
+from validate import phase_diagram as PD, signal_prop as SP
+from validate._signal_prop.memory import phase_diagram_needs, signal_prop_needs
+
+command, tiny, argv = {command!r}, {tiny!r}, {argv!r}
+module, needs = (SP, signal_prop_needs) if command == "signal_prop" else (PD, phase_diagram_needs)
+module.main(tiny)                      # imports, Numba's compilation, the first figure: not the estimate's
+with open("/proc/self/statm") as statm:
+    before = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+cfg = module.parse_config(argv)[0]
+module.main(argv)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"measured": peak - before, "estimated": sum(need.size for need in needs(cfg)[0])}}))
+"""
+# runs whose estimate is dominated by one term each, a few hundred MB (seconds on one core): the networks' weights
+# and activations (a trajectory setting, float32), the same of a finite-depth setting (float64), a batch of models
+# trained together
+MEASURED_RUNS = {
+    "signal_prop trajectory": ("signal_prop", ["--width", "512", "--depth", "8", "--probes", "32", "--n-tokens",
+                                               "32", "--networks", "2", "--settings", "normalized-ordered"]),
+    "signal_prop finite depth": ("signal_prop", ["--width", "256", "--depth", "8", "--probes", "32", "--n-tokens",
+                                                 "32", "--networks", "2", "--settings", "finite-depth-ordered"]),
+    "phase_diagram batch": ("phase_diagram", ["--grid", "2", "2", "--seeds", "0", "--models-per-batch", "4",
+                                              "--depth", "4", "--width", "256", "--d-ff", "256", "--batch", "64",
+                                              "--n-tokens", "16", "--steps", "2", "--test-size", "256",
+                                              "--eval-every", "2", "--map-points", "4", "--workers", "0"]),
+}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from /proc")
+@pytest.mark.parametrize("name", MEASURED_RUNS)
+def test_memory_estimate_is_within_its_factor_of_the_measured_peak(name, tmp_path):
+    command, argv = MEASURED_RUNS[name]
+    tiny = (SIGNAL_TINY if command == "signal_prop" else PHASE_TINY) + ["--out", str(tmp_path / "tiny")]
+    script = MEASURE_PEAK.format(command=command, tiny=tiny, argv=argv + ["--quiet", "--out", str(tmp_path / "run")])
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = sizes["estimated"] / sizes["measured"]
+    assert 1 / ESTIMATE_FACTOR <= ratio <= ESTIMATE_FACTOR, sizes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -354,7 +458,7 @@ def _start_and_signal_midway(out: Path, signal_number: int):
     """Start the command in its own session, wait until some of its 12 models are stored, signal the whole
     session (as a terminal's Ctrl-C does); returns (process, stderr text, rows stored when signalled)."""
     run = subprocess.Popen([sys.executable, "-m", "validate.phase_diagram", *SWEEP, "--out", str(out)], cwd=REPO,
-                           start_new_session=True, stderr=subprocess.PIPE, text=True)
+                           start_new_session=True, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     store = out / "phase_diagram.sqlite"
     deadline = time.monotonic() + 180
     try:

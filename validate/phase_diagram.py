@@ -40,9 +40,11 @@ says how many runs diverged. The run finishes and writes its JSON and figure wha
 verdict that cannot be computed (e.g. every point diverged) is FAIL, its measurement the reason.
 
 Every input is checked before any compute (exit 2 and one line naming it): the ranges, the grid (2 to 100 points
-per axis) and map (2 to 2000 points per axis), --base FIELD=VALUE (a fixed field, once, finite, not an axis), seeds
-(at most 1.8e13: seed s seeds a torch generator with 1000003 (s + 1) < 2^64), the device, --out and --store
-(a corrupt, foreign, unreadable or busy store; rows of this sweep that are not training results).
+per axis) and map (2 to 2000 points per axis), the sizes against this machine's memory (the estimated peak of the
+batches of models running at once, the test set, the maps and the training curves; validate._signal_prop.memory),
+--base FIELD=VALUE (a fixed field, once, finite, not an axis), seeds (at most 1.8e13: seed s seeds a torch
+generator with 1000003 (s + 1) < 2^64), the device, --out and --store (a corrupt, foreign, unreadable or busy
+store; rows of this sweep that are not training results).
 
 Writes --out/phase_diagram.json, the figure (--out/phase_diagram.png; crossing: --out/phase_diagram_crossing.png)
 and the sweep store --out/phase_diagram.sqlite; the figure in the repository's figures/ is updated only by an
@@ -67,6 +69,7 @@ from validate._common.reporting import (format_table, make_record, progress, pub
 from validate._common.sweep import make_executor, point_key, run_sweep
 from validate._signal_prop.batched_train import OPTIMIZERS, SCHEDULES, TrainConfig, TrainPoints, params_at
 from validate._signal_prop.figures import crossing_figure, phase_diagram_figure
+from validate._signal_prop.memory import phase_diagram_problem
 from validate._signal_prop.phase_analysis import (HEADLINE, analyse, analyse_crossing, headline, learning_rate_choice,
                                                   learning_rate_given)
 from validate._signal_prop.phase_experiment import (EXPERIMENTS, MAX_GRID, MAX_MAP_POINTS, MeasureInitialExponents,
@@ -99,7 +102,11 @@ FIXED_FIELDS = ("alpha_A", "alpha_M", "sigma_A", "sigma_V", "sigma_w", "sigma_2"
 def run(cfg: PhaseDiagramConfig, *, argv=(), quiet: bool = False, update_figures: bool = False,
         figures_dir: str | None = None, predicted: dict | None = None) -> dict:
     """Predict (unless `predicted`, what predict(cfg) returned, is given), train (resuming the sweep store),
-    judge; write the JSON record and the figure to cfg.out. Bad input raises ValueError before any training."""
+    judge; write the JSON record and the figure to cfg.out. Bad input, and a configuration this machine's memory
+    cannot hold, raise ValueError before any training."""
+    problem = phase_diagram_problem(cfg)
+    if problem is not None:
+        raise ValueError(problem)
     if cfg.experiment == "crossing":
         return run_crossing(cfg, argv=argv, quiet=quiet, update_figures=update_figures, figures_dir=figures_dir,
                             predicted=predicted)
@@ -364,6 +371,9 @@ def parse_config(argv=None) -> tuple[PhaseDiagramConfig, object]:
 
 def main(argv=None) -> int:
     cfg, args = parse_config(argv)
+    problem = phase_diagram_problem(cfg)
+    if problem is not None:
+        cli.fail(COMMAND, problem)
     cli.open_store(COMMAND, cfg.store_path(), cfg.sweep_name())
     try:
         open_sweep_stores(cfg)   # its rows readable and results of their kind, before any compute

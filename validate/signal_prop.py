@@ -28,9 +28,10 @@ Jacobian growth) is recorded in the JSON (metrics.SETTING.out_of_float32_range: 
 layer) and counts as the worst outcome: that quantity's check FAILs and says how many networks left the range; it
 is left out of the mean. The run finishes and writes its JSON and figure whatever fraction overflowed.
 
-Every input is checked before any compute (exit 2 and one line naming it): sizes (integers >= 1, n >= 2),
-q0 > 0 and finite (and in the range sim's theory evaluates), rho0 in [0, 1), distinct known settings, seeds, the
-device, --out.
+Every input is checked before any compute (exit 2 and one line naming it): sizes (integers >= 1, n >= 2, depth
+at most sim.signal_prop.MAX_DEPTH) and their estimated peak memory against this machine's (the networks' weights
+and activations, the theory's Monte Carlo, the results; validate._signal_prop.memory), q0 > 0 and finite (and in
+the range sim's theory evaluates), rho0 in [0, 1), distinct known settings, seeds, the device, --out.
 
 Writes --out/signal_prop.json, --out/signal_prop.png (trajectory settings) and --out/signal_prop_finite_depth.png
 (finite-depth settings: the log growth after every block, theory against torch); figures/ is updated only by the
@@ -46,6 +47,7 @@ from validate._common import cli
 from validate._common.reporting import (format_table, make_record, progress, publish_figures, summary_line,
                                         write_record)
 from validate._signal_prop.figures import signal_prop_figures
+from validate._signal_prop.memory import signal_prop_problem
 from validate._signal_prop.propagation_experiment import (ALL_SETTINGS, SignalPropConfig, evaluate_setting,
                                                           same_experiment, setting_theory, verdict_rows)
 
@@ -66,7 +68,11 @@ def run(cfg: SignalPropConfig, *, argv=(), quiet: bool = False, update_figures: 
         figures_dir: str | None = None, theory: dict | None = None) -> dict:
     """Measure every setting against its theory (predict(cfg), unless given), write the JSON record and the
     figures (with the verdicts they illustrate and the command, argv, in their footer) to cfg.out; returns the
-    record. Bad input raises ValueError before any network is drawn."""
+    record. Bad input, and a configuration this machine's memory cannot hold, raise ValueError before any
+    network is drawn."""
+    problem = signal_prop_problem(cfg)
+    if problem is not None:
+        raise ValueError(problem)
     start = time.perf_counter()
     cli.prepare_output_directory(cfg.out)
     theory = predict(cfg) if theory is None else theory
@@ -104,6 +110,9 @@ def parse_config(argv=None) -> tuple[SignalPropConfig, object]:
 
 def main(argv=None) -> int:
     cfg, args = parse_config(argv)
+    problem = signal_prop_problem(cfg)
+    if problem is not None:
+        cli.fail(COMMAND, problem)
     try:
         theory = predict(cfg)
     except ValueError as error:

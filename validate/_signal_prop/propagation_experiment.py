@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.signal_prop import critical_point, exponents, propagate
+from sim.signal_prop import MAX_DEPTH, critical_point, exponents, propagate
 from theory.signal_prop import BlockParams
 from validate._common.cli import SEED_LIMIT
 from validate._common.reporting import Verdict
@@ -108,8 +108,15 @@ class SignalPropConfig:
     out: str = "runs/signal_prop"
 
     def __post_init__(self):
-        for name in ("width", "n_tokens", "depth", "probes"):
+        for name in ("width", "n_tokens", "probes"):
             checks.field(self, name, checks.integer, 2 if name == "n_tokens" else 1)
+        # sim computes the finite-depth exponents up to MAX_DEPTH blocks, and the finite-depth settings take them
+        # at every depth up to this one; the trajectory settings share the depth. The work there is hours, not a
+        # hang: propagate's Monte Carlo takes ~35 ms per block at n = 32 (~1 h per trajectory setting), the
+        # finite-depth loop L^2/2 block steps of ~24 ns (~2 min per setting); the networks' memory
+        # (validate._signal_prop.memory) bounds the depth further (510 float64 blocks at width 1024 on 23.5 GiB)
+        checks.field(self, "depth", checks.integer, 1, MAX_DEPTH,
+                     why=" (sim.signal_prop.MAX_DEPTH, the deepest finite-depth exponents sim computes)")
         # at most NETWORK_SEED_STRIDE, so that distinct seed values draw distinct networks
         checks.field(self, "networks", checks.integer, 1, NETWORK_SEED_STRIDE)
         checks.field(self, "seeds", checks.sequence, lambda label, seed: checks.integer(
