@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 from dataclasses import dataclass
 
@@ -55,6 +54,7 @@ import numpy as np
 import sympy as sp
 from numpy.polynomial.legendre import leggauss
 
+from sim.machine import physical_memory
 from theory import signal_prop as T
 from theory._cli import choice, count, real_number, shown
 from theory.signal_prop import BlockParams
@@ -164,18 +164,10 @@ def _check_q(name: str, value) -> float:
     return real_number(name, value, *Q_RANGE)
 
 
-def _machine_memory() -> int | None:
-    """Physical memory of this machine in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_fits(inputs: str, what: str, size: int) -> None:
     """A ValueError naming `inputs` when arrays of `size` bytes (`what`) exceed this machine's memory: numpy would
     raise MemoryError at the allocation, or the system would start swapping."""
-    limit = _machine_memory()
+    limit = physical_memory()
     if limit is not None and size > limit:
         raise ValueError(f"{inputs}: {what} would take {size / 2 ** 30:.3g} GiB, more than this machine's memory "
                          f"({limit / 2 ** 30:.3g} GiB)")

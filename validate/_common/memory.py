@@ -10,8 +10,9 @@ and checked against a measured peak within a stated factor); it is an order of m
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from sim.machine import physical_memory
 
 FLOAT32, FLOAT64, INT64 = 4, 8, 8
 
@@ -27,10 +28,7 @@ class Need:
 
 def machine_memory() -> int | None:
     """Physical memory of this machine in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return physical_memory()
 
 
 def device_memory(device: str) -> int | None:

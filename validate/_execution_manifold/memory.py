@@ -9,7 +9,7 @@ activations, per-step records, commutator samples, SAE data); it is an order of 
 """
 from __future__ import annotations
 
-import os
+from sim.machine import physical_memory
 
 FLOAT32, FLOAT64 = 4, 8
 
@@ -55,18 +55,15 @@ def memory_needed(one, two=None, workers: int = 0) -> dict[str, int]:
     return needs
 
 
-def available() -> int:
-    """Physical memory of this machine in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_problem(one, two=None, workers: int = 0, limit: int | None = None) -> str | None:
-    """None when the estimate fits in `limit` bytes (default: this machine's memory), else one line saying how
+    """None when the estimate fits in `limit` bytes (default: this machine's memory; none known: no check), else one line saying how
     much is needed, what most of it is for, and which flags to lower."""
     needs = memory_needed(one, two, workers)
-    limit = available() if limit is None else limit
+    limit = physical_memory() if limit is None else limit
     total = sum(needs.values())
-    if total <= limit:
+    if limit is None or total <= limit:
         return None
     largest = max(needs, key=needs.get)
     return (f"this run needs about {total / 2 ** 30:.3g} GiB of memory, more than this machine's "

@@ -21,12 +21,12 @@ ratio's flow FAILs, the informational rows say "integration failed" or "no t0'")
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sim import scan_snap as ss
+from sim.machine import physical_memory
 from theory import scan_snap as th
 from validate._common import checks
 from validate._common.reporting import Verdict
@@ -52,13 +52,6 @@ DIVERGENCE_POLICY = ("a run whose loss, weights or measurements become NaN/inf i
 MIN_SNAP_STEPS = 3
 #: at most this fraction of the machine's memory for the trajectories a run keeps (the Lemma 1 flows dominate)
 MEMORY_FRACTION = 0.5
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):  # not on this platform: no check
-        return 1 << 62
 
 
 @dataclass(frozen=True)
@@ -105,8 +98,8 @@ class ScanSnapConfig:
                     build()
                 except ValueError as error:
                     raise ValueError(f"{name}, ratio {ratio:g}: {error}") from None
-        need, have = self.memory_bytes(), _physical_memory()
-        if need > MEMORY_FRACTION * have:
+        need, have = self.memory_bytes(), physical_memory()
+        if have is not None and need > MEMORY_FRACTION * have:
             raise ValueError(f"snap_steps={self.snap_steps}, next_tokens={self.train.next_tokens}, "
                              f"{len(self.ratios)} ratios: the flows and logs need ~{need / 2 ** 30:.1f} GiB, more "
                              f"than half of this machine's {have / 2 ** 30:.1f} GiB; lower one of them")
