@@ -239,6 +239,56 @@ def write_record(record: dict, out_dir: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The committed record under results/: metrics and provenance, no per-step curves
+# ----------------------------------------------------------------------------------------------------------
+REPOSITORY_RESULTS = os.path.join(REPOSITORY, "results")
+# per-step series a record may carry (phase_diagram's points, a model's training): the run's --out JSON keeps them,
+# the copy under results/ does not (README's records are metrics, config, versions and timings)
+CURVE_KEYS = ("train_loss", "grad_norm", "test_loss", "loss_curve")
+DIRTY_NOTE = "published from a run whose tree had uncommitted changes (git_commit ends in +dirty)"
+
+
+def _without_curves(value, dropped: set):
+    if isinstance(value, dict):
+        kept = {}
+        for key, item in value.items():
+            if key in CURVE_KEYS and isinstance(item, list):
+                dropped.add(key)
+            else:
+                kept[key] = _without_curves(item, dropped)
+        return kept
+    if isinstance(value, list):
+        return [_without_curves(item, dropped) for item in value]
+    return value
+
+
+def results_record(record: dict, allow_dirty: bool = False) -> dict:
+    """The record as committed under results/: every per-step curve (CURVE_KEYS, at any depth) dropped, and a
+    `results_note` saying which were dropped and where they are. Raises ValueError for what is not a record of
+    a validate command (the keys make_record writes), and for a record of a run from a tree with uncommitted
+    changes (git_commit ends in "+dirty": no commit regenerates it for sure) unless allow_dirty, when the note
+    says so. Idempotent: a published record publishes to itself."""
+    missing = [key for key in ("command", "git_commit", "config", "metrics", "verdicts") if key not in record]
+    if missing:
+        raise ValueError(f"not the JSON record of a validate command: it has no {', '.join(missing)}")
+    dirty = str(record["git_commit"]).endswith("+dirty")
+    if dirty and not allow_dirty:
+        raise ValueError(f"the record was made from a tree with uncommitted changes ({record['git_commit']}); "
+                         "rerun from a clean checkout (or pass --allow-dirty, which the record will say)")
+    dropped = set()
+    published = _without_curves(record, dropped)
+    notes = [note for note in str(record.get("results_note", "")).split("; ") if note]
+    if dropped and not any(note.startswith("per-step curves") for note in notes):
+        notes.append(f"per-step curves ({', '.join(sorted(dropped))}) dropped from this committed record; the "
+                     "run's --out JSON holds them")
+    if dirty and DIRTY_NOTE not in notes:
+        notes.append(DIRTY_NOTE)
+    if notes:
+        published["results_note"] = "; ".join(notes)
+    return published
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Files, written atomically
 # ----------------------------------------------------------------------------------------------------------
 def _atomic_replace(path: str, suffix: str, write) -> None:
