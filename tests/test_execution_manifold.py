@@ -357,3 +357,17 @@ def test_part_two_bad_input_exits_2_with_one_line(argv, capsys, tmp_path):
     if "snapshots" in err:
         assert "part two:" in err and "--part one" in err  # says which part cannot run, and how to skip it
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_memory_problem_names_the_largest_need_and_checks_against_the_machine(monkeypatch):
+    from validate._execution_manifold import memory
+    one = PartOneConfig()
+    needs = memory.memory_needed(one)
+    total = sum(needs.values())
+    assert memory.memory_problem(one, limit=total) is None
+    line = memory.memory_problem(one, limit=total - 1)
+    assert line.startswith("this run needs about") and max(needs, key=needs.get) in line
+    monkeypatch.setattr(memory, "physical_memory", lambda: total - 1)   # the default limit is this machine's memory
+    assert memory.memory_problem(one) == line
+    monkeypatch.setattr(memory, "physical_memory", lambda: None)        # the system does not say: no check
+    assert memory.memory_problem(one) is None

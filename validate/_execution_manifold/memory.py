@@ -55,11 +55,9 @@ def memory_needed(one, two=None, workers: int = 0) -> dict[str, int]:
     return needs
 
 
-
-
 def memory_problem(one, two=None, workers: int = 0, limit: int | None = None) -> str | None:
-    """None when the estimate fits in `limit` bytes (default: this machine's memory; none known: no check), else one line saying how
-    much is needed, what most of it is for, and which flags to lower."""
+    """None when the estimate fits in `limit` bytes (default: this machine's memory; none known: no check), else
+    one line saying how much is needed, what most of it is for, and which flags to lower."""
     needs = memory_needed(one, two, workers)
     limit = physical_memory() if limit is None else limit
     total = sum(needs.values())
